@@ -1,0 +1,1 @@
+"""Finetuning methods (full-model, LoRA, prompt tuning, any PEFT method), training and evaluation."""

@@ -1,0 +1,1 @@
+"""Base-model ladders: tiny LMs pretrained by ftscale, and external model families."""

@@ -1,0 +1,1 @@
+"""Study configuration, run plans, the results store, executors and analysis."""
