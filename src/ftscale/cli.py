@@ -6,30 +6,25 @@ Sub-commands live in :mod:`ftscale.commands`, one module each, and are attached 
 
 from __future__ import annotations
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from ftscale.errors import UserError
 
-
-class _UserFacingError(click.ClickException):
-    """A user mistake as click shows it: ``ftscale: error: <message>``, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # noqa: D102 - click's signature
-        click.echo(f"ftscale: error: {self.format_message()}", err=True, file=file)
+#: Exit code for user mistakes (bad file, column, option value), as for click's usage errors.
+USER_ERROR_EXIT = 2
 
 
 class _Group(TyperGroup):
-    """Typer group that converts :class:`UserError` from any sub-command into a clean exit."""
+    """Typer group that turns a :class:`UserError` from any sub-command into one line and exit 2."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            raise _UserFacingError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            typer.echo(f"ftscale: error: {message}", err=True)
+            raise typer.Exit(USER_ERROR_EXIT) from None
 
 
 app = typer.Typer(
@@ -48,7 +43,7 @@ def _root() -> None:
 
 
 #: Modules of :mod:`ftscale.commands` attached to the app, each with a ``register(app)`` function.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("laws",)
 
 
 def _register() -> None:

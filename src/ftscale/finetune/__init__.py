@@ -1,1 +1,1 @@
-"""Finetuning methods (full-model, LoRA, prompt tuning, any PEFT method), training and evaluation."""
+"""Finetuning methods (full-model, LoRA, prompt, any PEFT method), training and evaluation."""

@@ -1,4 +1,43 @@
 """Scaling-law forms, robust fitting, held-out evaluation, bootstrap and critical data sizes.
 
-numpy and scipy only: nothing here imports torch.
+numpy and scipy only: nothing here imports torch. The pieces, from the bottom up:
+
+* :mod:`~ftscale.laws.forms`: law forms (``power``, ``multiplicative``, ``additive``,
+  ``rectified``) and :func:`custom_form` for your own;
+* :mod:`~ftscale.laws.fit`: :class:`ScalingLaw` (Huber + multi-start L-BFGS) and
+  :class:`JointScalingLaw` (shared parameters across groups, the study's Eq. 2);
+* :mod:`~ftscale.laws.holdout`: held-out rules and Delta_e / Delta_h;
+* :mod:`~ftscale.laws.bootstrap`: intervals by bootstrap over runs;
+* :mod:`~ftscale.laws.critical`: critical data sizes between methods;
+* :mod:`~ftscale.laws.compare`: all of it on a table of runs, per group and form.
 """
+
+from ftscale.laws.bootstrap import Bootstrap, bootstrap
+from ftscale.laws.compare import CriticalPoint, FitResult, critical_points, fit_table
+from ftscale.laws.critical import closed_form, critical_curve, crossings
+from ftscale.laws.fit import FitWarning, JointScalingLaw, ScalingLaw
+from ftscale.laws.forms import LawForm, available_forms, custom_form, get_form, register_form
+from ftscale.laws.holdout import HoldoutRule, holdout_mask, mean_abs_deviation
+
+__all__ = [
+    "Bootstrap",
+    "CriticalPoint",
+    "FitResult",
+    "FitWarning",
+    "HoldoutRule",
+    "JointScalingLaw",
+    "LawForm",
+    "ScalingLaw",
+    "available_forms",
+    "bootstrap",
+    "closed_form",
+    "critical_curve",
+    "critical_points",
+    "crossings",
+    "custom_form",
+    "fit_table",
+    "get_form",
+    "holdout_mask",
+    "mean_abs_deviation",
+    "register_form",
+]

@@ -1,0 +1,134 @@
+"""Figures of fitted laws and critical data sizes (matplotlib, written to PNG/PDF/SVG files)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ftscale.errors import UserError
+from ftscale.laws.compare import CriticalPoint, FitResult
+
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise UserError(f"{path}: folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.part{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        tmp.replace(path)  # atomic: no half-written figure under the real name
+    except ValueError as exc:  # unknown image format
+        raise UserError(f"{path}: {str(exc).splitlines()[0]}") from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_fits(results: Sequence[FitResult], path: str | Path, *, y_label: str = "") -> Path:
+    """Observed runs and fitted curves, one panel per group, like the study's Figure 2.
+
+    Loss against finetuning-data size on log x; for two-variable forms one colour per X value.
+    Held-out runs are drawn hollow; each form's Delta_e and Delta_h (nats) are in the legend.
+    """
+    groups = list(dict.fromkeys(r.group for r in results))
+    forms = list(dict.fromkeys(r.form for r in results))
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(4.6 * len(groups), 3.8), squeeze=False, sharey=False
+    )
+    for ax, group in zip(axes[0], groups, strict=True):
+        panel = [r for r in results if r.group == group]
+        first = panel[0]
+        d_col = first.sizes[:, -1]
+        two_var = first.sizes.shape[1] == 2
+        xs = np.unique(first.sizes[:, 0]) if two_var else np.array([np.nan])
+        colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(xs)))
+        d_line = np.geomspace(d_col.min() / 1.2, d_col.max() * 1.2, 200)
+        for x, colour in zip(xs, colours, strict=True):
+            rows = first.sizes[:, 0] == x if two_var else np.ones(len(d_col), bool)
+            fit_rows, held_rows = rows & ~first.heldout, rows & first.heldout
+            label = f"{first.variables['x']}={x:.3g}" if two_var else "runs"
+            ax.scatter(d_col[fit_rows], first.observed[fit_rows], color=colour, s=18, label=label)
+            ax.scatter(
+                d_col[held_rows],
+                first.observed[held_rows],
+                facecolors="none",
+                edgecolors=colour,
+                s=40,
+                linewidths=1.4,
+            )
+            for result in panel:
+                style = _LINESTYLES[forms.index(result.form) % len(_LINESTYLES)]
+                grid = np.column_stack([np.full_like(d_line, x), d_line]) if two_var else d_line
+                ax.plot(d_line, result.law.predict(grid), style, color=colour, lw=1.1)
+        for result in panel:
+            style = _LINESTYLES[forms.index(result.form) % len(_LINESTYLES)]
+            ax.plot(
+                [],
+                [],
+                style,
+                color="black",
+                label=f"{result.form}: Δe={result.delta_e:.4f} Δh={result.delta_h:.4f}",
+            )
+        ax.scatter([], [], facecolors="none", edgecolors="black", label="held out")
+        ax.set_xscale("log")
+        ax.set_xlabel(first.variables["d"])
+        ax.set_ylabel(y_label or "loss (nats/token)")
+        ax.set_title(group if group is not None else "")
+        ax.legend(fontsize=6.5, frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_critical(points: Sequence[CriticalPoint], path: str | Path, *, x_label: str = "X") -> Path:
+    """Critical finetuning-data size against X, one line per pair of methods (log-log).
+
+    Numeric crossings are dots (the first one per X), bootstrap intervals are bars, and the
+    closed form H X^gamma is a dashed line where it applies.
+    """
+    pairs = list(dict.fromkeys((p.first, p.second) for p in points))
+    fig, ax = plt.subplots(figsize=(5.4, 4.0))
+    any_drawn = False
+    for i, (first, second) in enumerate(pairs):
+        colour = plt.cm.tab10(i % 10)
+        rows = [p for p in points if (p.first, p.second) == (first, second) and p.x is not None]
+        xs = np.array([p.x for p in rows], float)
+        ds = np.array([p.crossings[0] if p.crossings else np.nan for p in rows], float)
+        label = f"{first} vs {second}"
+        if np.isfinite(ds).any():
+            ax.plot(xs, ds, "o-", color=colour, label=label, ms=4)
+            any_drawn = True
+        for p in rows:
+            if p.interval is not None and np.isfinite(p.interval).all():
+                ax.plot([p.x, p.x], p.interval, color=colour, lw=2, alpha=0.4)
+        if rows and rows[0].closed_form is not None and xs.size:
+            h, gamma = rows[0].closed_form
+            x_line = np.geomspace(xs.min(), xs.max(), 50)
+            ax.plot(
+                x_line,
+                h * x_line**gamma,
+                "--",
+                color=colour,
+                lw=1,
+                label=f"{label}: {h:.3g}·X^{gamma:.3g}",
+            )
+            any_drawn = True
+    if not any_drawn:
+        ax.text(0.5, 0.5, "no crossings in range", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("critical finetuning data size")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,68 @@
+"""Bootstrap intervals: seeded, independent of the number of processes, covering the truth."""
+
+import numpy as np
+import pytest
+
+from ftscale.laws import ScalingLaw, bootstrap
+from ftscale.laws.bootstrap import crossing_interval
+
+X = np.repeat([1e8, 3e8, 1e9, 3e9, 1e10], 10)
+D = np.tile(np.geomspace(1e3, 1e5, 10), 5)
+
+
+def runs(seed=0, beta=0.2, a=3e3):
+    loss = a / (X**0.3 * D**beta) + 1.2
+    return np.column_stack([X, D]), loss * np.exp(
+        np.random.default_rng(seed).normal(0, 0.005, X.size)
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    sizes, losses = runs()
+    law = ScalingLaw("multiplicative").fit(sizes, losses)
+    return law, sizes, losses
+
+
+def test_same_seed_same_replicates_whatever_the_processes(fitted):
+    law, sizes, losses = fitted
+    one = bootstrap(law, sizes, losses, 24, seed=3, n_jobs=1)
+    two = bootstrap(law, sizes, losses, 24, seed=3, n_jobs=2)
+    np.testing.assert_array_equal(one.thetas, two.thetas)
+    other = bootstrap(law, sizes, losses, 24, seed=4, n_jobs=1)
+    assert not np.array_equal(one.thetas, other.thetas)
+
+
+def test_intervals_are_calibrated_against_fresh_noise(fitted):
+    """The bootstrap spread of each exponent matches the spread of fits to independent redraws of
+    the noise (within a factor of 2.5: both are estimated from few samples)."""
+    law, sizes, losses = fitted
+    replicates = bootstrap(law, sizes, losses, 120, seed=0)
+    assert replicates.n_failed == 0
+    redraws = [ScalingLaw("multiplicative").fit(*runs(seed)).params_ for seed in range(1, 9)]
+    samples = replicates.samples()
+    for name in ("alpha", "beta", "E"):
+        low, high = replicates.intervals(0.95)[name]
+        assert low < law.params_[name] < high
+        spread_boot = np.std(samples[name])
+        spread_fresh = np.std([p[name] for p in redraws])
+        assert spread_fresh / 2.5 < spread_boot < spread_fresh * 2.5, (
+            name,
+            spread_boot,
+            spread_fresh,
+        )
+    low, high = replicates.predict_interval([[3e10, 1e6]])
+    assert low[0] < law.predict([[3e10, 1e6]])[0] < high[0]
+
+
+def test_crossing_interval_contains_the_point_estimate():
+    (s1, l1), (s2, l2) = runs(seed=1, beta=0.1, a=600.0), runs(seed=2, beta=0.3, a=2e4)
+    first = ScalingLaw("multiplicative").fit(s1, l1)
+    second = ScalingLaw("multiplicative").fit(s2, l2)
+    from ftscale.laws import crossings
+
+    (point,) = crossings(first, second, 1e9)
+    b1 = bootstrap(first, s1, l1, 60, seed=0)
+    b2 = bootstrap(second, s2, l2, 60, seed=1)
+    low, high = crossing_interval(b1, b2, 1e9)
+    assert low < point < high
