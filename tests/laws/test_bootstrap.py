@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ftscale.laws import ScalingLaw, bootstrap
-from ftscale.laws.bootstrap import crossing_interval
+from ftscale.laws.uncertainty import crossing_interval
 
 X = np.repeat([1e8, 3e8, 1e9, 3e9, 1e10], 10)
 D = np.tile(np.geomspace(1e3, 1e5, 10), 5)

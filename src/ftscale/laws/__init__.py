@@ -7,17 +7,17 @@ numpy and scipy only: nothing here imports torch. The pieces, from the bottom up
 * :mod:`~ftscale.laws.fit`: :class:`ScalingLaw` (Huber + multi-start L-BFGS) and
   :class:`JointScalingLaw` (shared parameters across groups, the study's Eq. 2);
 * :mod:`~ftscale.laws.holdout`: held-out rules and Delta_e / Delta_h;
-* :mod:`~ftscale.laws.bootstrap`: intervals by bootstrap over runs;
+* :mod:`~ftscale.laws.uncertainty`: intervals by bootstrap over runs;
 * :mod:`~ftscale.laws.critical`: critical data sizes between methods;
 * :mod:`~ftscale.laws.compare`: all of it on a table of runs, per group and form.
 """
 
-from ftscale.laws.bootstrap import Bootstrap, bootstrap
 from ftscale.laws.compare import CriticalPoint, FitResult, critical_points, fit_table
 from ftscale.laws.critical import closed_form, critical_curve, crossings
 from ftscale.laws.fit import FitWarning, JointScalingLaw, ScalingLaw
 from ftscale.laws.forms import LawForm, available_forms, custom_form, get_form, register_form
 from ftscale.laws.holdout import HoldoutRule, holdout_mask, mean_abs_deviation
+from ftscale.laws.uncertainty import Bootstrap, bootstrap
 
 __all__ = [
     "Bootstrap",

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ftscale.errors import DataError, UserError
-from ftscale.laws.bootstrap import Bootstrap, bootstrap, crossing_interval
 from ftscale.laws.critical import D_RANGE, closed_form, crossings
 from ftscale.laws.fit import ScalingLaw, Space
 from ftscale.laws.forms import get_form
 from ftscale.laws.holdout import holdout_mask, mean_abs_deviation
+from ftscale.laws.uncertainty import Bootstrap, bootstrap, crossing_interval
 
 
 @dataclass

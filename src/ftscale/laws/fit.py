@@ -324,12 +324,16 @@ def multistart(
     # Pass 1: every chosen start, ordinary tolerances. Pass 2: polish the best few tightly. The
     # tight tolerances are what the fit needs at the optimum, but spent from every start they
     # mostly buy slow crawls along flat directions (E -> 0) of starts that end up worse anyway.
-    screened = [
-        lbfgs(objective, start, {**SCREEN_OPTIONS, **(options or {})}) for start in candidates
-    ]
-    refined = [(float(v), float(r.fun)) for v, r in zip(start_values, screened, strict=True)]
-    order = np.argsort([r.fun for r in screened], kind="stable")[:N_POLISH]
-    polished = [lbfgs(objective, screened[i].x, options) for i in order]
+    # With no more candidates than get polished (a bootstrap refit), screening is wasted work.
+    if len(candidates) <= N_POLISH:
+        polished = [lbfgs(objective, start, options) for start in candidates]
+        refined = [(float(v), float(r.fun)) for v, r in zip(start_values, polished, strict=True)]
+    else:
+        screen = {**SCREEN_OPTIONS, **(options or {})}
+        screened = [lbfgs(objective, start, screen) for start in candidates]
+        refined = [(float(v), float(r.fun)) for v, r in zip(start_values, screened, strict=True)]
+        order = np.argsort([r.fun for r in screened], kind="stable")[:N_POLISH]
+        polished = [lbfgs(objective, screened[i].x, options) for i in order]
     best = min(polished, key=lambda r: r.fun)
     if not np.isfinite(best.fun):
         raise DataError("no start led to a finite fit; the law cannot describe these runs")
