@@ -216,7 +216,11 @@ def critical(
         grid.add_row(
             f"{p.first} vs {p.second}",
             _fmt(p.x),
-            ", ".join(_fmt(c) for c in p.crossings) or "none in range",
+            ", ".join(
+                _fmt(c) + (" (extrapolated)" if out else "")
+                for c, out in zip(p.crossings, p.extrapolated(), strict=True)
+            )
+            or "none in range",
             "-" if p.interval is None else f"[{_fmt(p.interval[0])}, {_fmt(p.interval[1])}]",
             "-"
             if p.closed_form is None

@@ -240,6 +240,7 @@ class CriticalPoint:
         crossings: every D_f (same unit as the fits' D) where the predicted losses are equal.
         interval: bootstrap percentile interval of the first crossing, if bootstrapped.
         closed_form: (H, gamma) of the study's Eq. 3 when both laws are multiplicative with equal E.
+        observed: the D_f range both groups' runs cover; crossings outside it are extrapolations.
     """
 
     first: str
@@ -248,6 +249,14 @@ class CriticalPoint:
     crossings: list[float]
     interval: tuple[float, float] | None = None
     closed_form: tuple[float, float] | None = None
+    observed: tuple[float, float] | None = None
+
+    def extrapolated(self) -> list[bool]:
+        """For each crossing, whether it lies outside the D_f range both groups observed."""
+        if self.observed is None:
+            return [False] * len(self.crossings)
+        low, high = self.observed
+        return [not low <= c <= high for c in self.crossings]
 
     def to_dict(self) -> dict:
         """The JSON record of ``ftscale critical --json``."""
@@ -256,6 +265,7 @@ class CriticalPoint:
             "second": self.second,
             "x": self.x,
             "crossings": self.crossings,
+            "extrapolated": self.extrapolated(),
             "interval": None if self.interval is None else [_json_float(v) for v in self.interval],
             "H": None if self.closed_form is None else self.closed_form[0],
             "gamma": None if self.closed_form is None else self.closed_form[1],
@@ -289,6 +299,8 @@ def critical_points(
             closed = closed_form(r1.law, r2.law)
         except UserError:
             closed = None
+        d1, d2 = r1.sizes[:, -1], r2.sizes[:, -1]
+        observed = (float(max(d1.min(), d2.min())), float(min(d1.max(), d2.max())))
         for x in xs:
             interval = None
             if r1.bootstrap is not None and r2.bootstrap is not None:
@@ -301,6 +313,7 @@ def critical_points(
                     crossings=crossings(r1.law, r2.law, x, d_range),
                     interval=interval,
                     closed_form=closed,
+                    observed=observed,
                 )
             )
     return out

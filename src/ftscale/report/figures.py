@@ -11,11 +11,18 @@ matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import LogLocator, NullFormatter
 
 from ftscale.errors import UserError
 from ftscale.laws.compare import CriticalPoint, FitResult
 
 _LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _log_axis(axis) -> None:
+    """Log-axis labels at 1, 2 and 5 per decade only (all minor labels collide on short ranges)."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -43,7 +50,7 @@ def plot_fits(results: Sequence[FitResult], path: str | Path, *, y_label: str = 
     groups = list(dict.fromkeys(r.group for r in results))
     forms = list(dict.fromkeys(r.form for r in results))
     fig, axes = plt.subplots(
-        1, len(groups), figsize=(4.6 * len(groups), 3.8), squeeze=False, sharey=False
+        1, len(groups), figsize=(4.6 * len(groups), 4.6), squeeze=False, sharey=False
     )
     for ax, group in zip(axes[0], groups, strict=True):
         panel = [r for r in results if r.group == group]
@@ -81,10 +88,14 @@ def plot_fits(results: Sequence[FitResult], path: str | Path, *, y_label: str = 
             )
         ax.scatter([], [], facecolors="none", edgecolors="black", label="held out")
         ax.set_xscale("log")
+        _log_axis(ax.xaxis)
         ax.set_xlabel(first.variables["d"])
         ax.set_ylabel(y_label or "loss (nats/token)")
         ax.set_title(group if group is not None else "")
-        ax.legend(fontsize=6.5, frameon=False)
+        # Below the panel: flat curves (prompt tuning) leave no empty corner inside it.
+        ax.legend(
+            fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2
+        )
     fig.tight_layout()
     return _save(fig, path)
 
@@ -103,9 +114,11 @@ def plot_critical(points: Sequence[CriticalPoint], path: str | Path, *, x_label:
         rows = [p for p in points if (p.first, p.second) == (first, second) and p.x is not None]
         xs = np.array([p.x for p in rows], float)
         ds = np.array([p.crossings[0] if p.crossings else np.nan for p in rows], float)
-        label = f"{first} vs {second}"
+        outside = np.array([bool(p.crossings) and p.extrapolated()[0] for p in rows], bool)
         if np.isfinite(ds).any():
-            ax.plot(xs, ds, "o-", color=colour, label=label, ms=4)
+            ax.plot(xs, ds, "-", color=colour, lw=1, label=f"{first} vs {second}")
+            ax.scatter(xs[~outside], ds[~outside], color=colour, s=20)
+            ax.scatter(xs[outside], ds[outside], facecolors="none", edgecolors=colour, s=24)
             any_drawn = True
         for p in rows:
             if p.interval is not None and np.isfinite(p.interval).all():
@@ -119,7 +132,7 @@ def plot_critical(points: Sequence[CriticalPoint], path: str | Path, *, x_label:
                 "--",
                 color=colour,
                 lw=1,
-                label=f"{label}: {h:.3g}·X^{gamma:.3g}",
+                label=f"{first} vs {second}: {h:.3g}·X^{gamma:.3g}",
             )
             any_drawn = True
     if not any_drawn:
@@ -127,6 +140,8 @@ def plot_critical(points: Sequence[CriticalPoint], path: str | Path, *, x_label:
     else:
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _log_axis(ax.xaxis)
+        ax.scatter([], [], facecolors="none", edgecolors="black", s=24, label="outside observed D")
         ax.legend(fontsize=7, frameon=False)
     ax.set_xlabel(x_label)
     ax.set_ylabel("critical finetuning data size")
