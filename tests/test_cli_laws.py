@@ -81,6 +81,10 @@ def test_fit_json_contract_on_the_pilot(tmp_path):
         assert set(fit) >= FIT_KEYS
         assert fit["n_fit"] == 15 and fit["n_heldout"] == 5
         assert fit["space"] == "log"
+        held = [p for p in fit["points"] if p["heldout"]]
+        assert len(held) == 5 and {p["nonembedding_params"] for p in held} == {787328.0}
+        errors = [abs(p["predicted"] - p["observed"]) for p in held]
+        assert fit["delta_h"] == pytest.approx(sum(errors) / len(errors))
     by = {(f["group"], f["form"]): f for f in fits}
     # The pilot's finding (CALIBRATION.md): at this scale the additive law predicts the held-out
     # largest model better for every method.

@@ -125,7 +125,7 @@ def fit(
     if save is not None:
         _write_json(save, {"fits": [r.to_dict(points=True) for r in results]})
     if json_out:
-        typer.echo(json.dumps({"fits": [r.to_dict() for r in results]}, indent=1))
+        typer.echo(json.dumps({"fits": [r.to_dict(points=True) for r in results]}, indent=1))
         return
     console = Console()
     grid = Table(title=f"Scaling-law fits to {table} ({space}-space Huber, Δ in nats)")
