@@ -129,10 +129,11 @@ def fit(
         return
     console = Console()
     grid = Table(title=f"Scaling-law fits to {table} ({space}-space Huber, Δ in nats)")
-    for column in ("group", "form", "parameters", "Δe", "Δh", "n fit", "held out"):
-        grid.add_column(
-            column, justify="left" if column in ("group", "form", "parameters") else "right"
-        )
+    grid.add_column("group", no_wrap=True)
+    grid.add_column("form", no_wrap=True)
+    grid.add_column("parameters")  # the one column that wraps on a narrow terminal
+    for column in ("Δe", "Δh", "n fit", "held out"):
+        grid.add_column(column, justify="right", no_wrap=True)
     winners = _best_forms(results) if len({r.form for r in results}) > 1 else {}
     for r in results:
         intervals = r.intervals()
