@@ -13,23 +13,21 @@ from typer.core import TyperGroup
 from ftscale.errors import UserError
 
 
-class _UserFacingError(click.ClickException):
-    """A user mistake as click shows it: ``ftscale: error: <message>``, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # noqa: D102 - click's signature
-        click.echo(f"ftscale: error: {self.format_message()}", err=True, file=file)
-
-
 class _Group(TyperGroup):
-    """Typer group that converts :class:`UserError` from any sub-command into a clean exit."""
+    """Typer group that turns :class:`UserError` from any sub-command into one line and exit 2.
+
+    The line is ``ftscale: error: <message>`` on stderr. It exits through ``typer.Exit`` rather than
+    a click exception: typer (0.29+) runs its own copy of click, whose handler does not catch the
+    ``click`` package's exceptions, so those would escape with a traceback and exit code 1.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            raise _UserFacingError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            typer.echo(f"ftscale: error: {message}", err=True)
+            raise typer.Exit(2) from None
 
 
 app = typer.Typer(
@@ -48,7 +46,7 @@ def _root() -> None:
 
 
 #: Modules of :mod:`ftscale.commands` attached to the app, each with a ``register(app)`` function.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("finetune",)
 
 
 def _register() -> None:

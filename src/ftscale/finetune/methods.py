@@ -21,6 +21,7 @@ Built-in names:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,7 +243,9 @@ def apply_method(model: torch.nn.Module, method: MethodConfig, seed: int = 0) ->
             )
         else:
             config = _peft_config_class(method.name)(task_type=TaskType.CAUSAL_LM, **options)
-        wrapped = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            wrapped = get_peft_model(model, config)
     except (ValueError, TypeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"method {method.name!r}: PEFT rejected the options: {first}") from None

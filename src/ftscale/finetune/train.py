@@ -14,6 +14,7 @@ import math
 import os
 import resource
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,8 @@ def finetune(
     test_pairs: Sequence[Pair],
     train_config: TrainConfig | None = None,
     task: TaskConfig | None = None,
+    *,
+    gguf_file: str | None = None,
 ) -> RunRecord:
     """Finetune ``model`` with one method on (a subset of) ``train_pairs``; return its record.
 
@@ -249,7 +252,15 @@ def finetune(
     :class:`~ftscale.finetune.record.RunRecord` and frees the trained model.
     """
     return run_finetune(
-        model, tokenizer, method_config, train_pairs, dev_pairs, test_pairs, train_config, task
+        model,
+        tokenizer,
+        method_config,
+        train_pairs,
+        dev_pairs,
+        test_pairs,
+        train_config,
+        task,
+        gguf_file=gguf_file,
     ).record
 
 
@@ -262,11 +273,14 @@ def run_finetune(
     test_pairs: Sequence[Pair],
     train_config: TrainConfig | None = None,
     task: TaskConfig | None = None,
+    *,
+    gguf_file: str | None = None,
 ) -> FinetuneResult:
     """One finetuning run, end to end.
 
     ``model``: in-memory causal LM (copied, never modified), local directory, ``.gguf`` file or hub
-    id; ``tokenizer``: its tokenizer (``None`` loads it from the model's path).
+    id (``gguf_file`` names a GGUF file inside a directory or hub repo); ``tokenizer``: its
+    tokenizer (``None`` loads it from the model's path).
     ``method_config``: a :class:`MethodConfig` or a method name. ``*_pairs``: (source, target)
     pairs; the run trains on ``nested_subset(train_pairs, train_config.examples,
     train_config.subset_seed)``, picks the best state by mean dev NLL per target token and reports
@@ -290,18 +304,31 @@ def run_finetune(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # Library chatter that says nothing about this run: PEFT's use of a deprecated
+            # transformers name, and prompt tuning ignoring position ids during generation.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            warnings.filterwarnings("ignore", message="Position ids are not supported.*")
             return _run(
-                model, tokenizer, method, subset, dev_pairs, test_pairs, config, task, started
+                model,
+                tokenizer,
+                method,
+                subset,
+                dev_pairs,
+                test_pairs,
+                config,
+                task,
+                started,
+                gguf_file,
             )
     finally:
         if config.threads is not None:
             torch.set_num_threads(previous_threads)
 
 
-def _run(model, tokenizer, method, subset, dev_pairs, test_pairs, config, task, started):
+def _run(model, tokenizer, method, subset, dev_pairs, test_pairs, config, task, started, gguf_file):
     torch.manual_seed(config.seed)
-    base, tokenizer, name = load_model(model, tokenizer)
+    base, tokenizer, name = load_model(model, tokenizer, gguf_file)
     total_params, nonembedding = base_parameter_counts(base)
     _, eos, pad = special_ids(tokenizer)
     train = encode_pairs(subset, tokenizer, task, "train")
@@ -409,7 +436,7 @@ def _run(model, tokenizer, method, subset, dev_pairs, test_pairs, config, task, 
                     trained,
                     tokenizer,
                     step + 1,
-                    f"non-finite training loss ({float(loss)}) at step {step + 1}",
+                    f"non-finite training loss ({loss.item()}) at step {step + 1}",
                     started,
                     device,
                 )
