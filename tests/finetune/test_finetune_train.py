@@ -6,6 +6,7 @@ import copy
 import itertools
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -249,6 +250,11 @@ def test_record_carries_the_contract_fields(tok, base, pairs):
     assert data["trainable_params"] == 4 * 32
     assert data["versions"]["torch"] == torch.__version__
     assert data["status"] == "ok" and data["reason"] is None
+    # plain data for worker processes: configs and records pickle and come back equal
+    config = TrainConfig(examples=64, threads=1)
+    method = make_method("lora", rank=2)
+    for item in (config, method, TaskConfig(), record):
+        assert pickle.loads(pickle.dumps(item)) == item
 
 
 def test_tokenizer_without_pad_token(pairs):

@@ -60,7 +60,9 @@ def finetune_command(
     patience: Annotated[
         int, typer.Option(help="Dev checks without gain before stopping; 0 off.")
     ] = 3,
-    template: Annotated[str, typer.Option(help="Prompt template with {src}.")] = "{src} =",
+    template: Annotated[
+        str, typer.Option(help="Prompt template with {src}; a typed \\n means a newline.")
+    ] = "{src} =",
     max_source_tokens: Annotated[int, typer.Option(help="Source cap (tokens).")] = 256,
     max_target_tokens: Annotated[int, typer.Option(help="Target cap (tokens).")] = 256,
     gen_examples: Annotated[int, typer.Option(help="Test sources to generate for; 0 none.")] = 64,
@@ -95,7 +97,7 @@ def finetune_command(
         options["prompt_length"] = prompt_length
     method_config = make_method(method, **options)
     task = TaskConfig(
-        template=template,
+        template=template.replace("\\n", "\n"),
         max_source_tokens=max_source_tokens,
         max_target_tokens=max_target_tokens,
         bleu_tokenize=bleu_tokenize,
@@ -117,6 +119,9 @@ def finetune_command(
         threads=threads if threads is not None else default_threads(),
     )
     train_pairs, dev_pairs, test_pairs = read_pairs(train), read_pairs(dev), read_pairs(test)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars on stderr say nothing about the run
     if examples is not None and examples > len(train_pairs):
         raise UserError(f"--examples {examples} is larger than {train} ({len(train_pairs)} pairs)")
     result = run_finetune(

@@ -346,6 +346,7 @@ def _run(model, tokenizer, method, subset, dev_pairs, test_pairs, config, task, 
     trained = apply_method(base, method, seed=config.seed).to(device)
     trainable, _ = count_parameters(trained)
     params = [p for p in trained.parameters() if p.requires_grad]
+    snapshot_to_cpu = device.type != "cpu" and method.name == "fmt"
     lr = config.learning_rate if config.learning_rate is not None else method.default_learning_rate
     total_steps = config.total_steps(len(train))
     eval_every = config.eval_every or max(1, math.ceil(total_steps / config.evals))
@@ -398,7 +399,7 @@ def _run(model, tokenizer, method, subset, dev_pairs, test_pairs, config, task, 
     record.initial_dev_nll = best
     record.dev_history.append([0, best])
     record.best_dev_nll, record.best_step = best, 0
-    best_state = _snapshot(params)
+    best_state = _snapshot(params, snapshot_to_cpu)
     if not math.isfinite(best):
         return _fail(
             record, trained, tokenizer, 0, "non-finite dev loss before training", started, device
@@ -468,7 +469,7 @@ def _run(model, tokenizer, method, subset, dev_pairs, test_pairs, config, task, 
                     )
                 if value < best:
                     best, record.best_dev_nll, record.best_step = value, value, step
-                    best_state = _snapshot(params)
+                    best_state = _snapshot(params, snapshot_to_cpu)
                     checks_without_gain = 0
                 else:
                     checks_without_gain += 1
@@ -560,15 +561,18 @@ def _make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], lr: f
     return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
 
 
-def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-    """Copies of the trainable tensors (the state that training changes)."""
+def _snapshot(params: list[torch.nn.Parameter], to_cpu: bool = False) -> list[torch.Tensor]:
+    """Copies of the trainable tensors (the state that training changes), in host memory when
+    ``to_cpu`` (full-model tuning on a GPU: the copy would double the model's GPU memory)."""
+    if to_cpu:
+        return [p.detach().to("cpu", copy=True) for p in params]
     return [p.detach().clone() for p in params]
 
 
 def _restore(params: list[torch.nn.Parameter], state: list[torch.Tensor]) -> None:
     with torch.no_grad():
         for parameter, saved in zip(params, state, strict=True):
-            parameter.copy_(saved)
+            parameter.copy_(saved.to(parameter.device))
 
 
 def _finish(record: RunRecord, started: float, device: torch.device) -> None:
