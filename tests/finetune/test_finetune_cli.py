@@ -130,7 +130,6 @@ def _bad_dirs(tmp_path: Path) -> dict[str, Path]:
         ({"--method": "fmt", "--model": "vit"}, "not a loadable causal language model"),
         ({"--method": "fmt", "--model": "empty_dir"}, "not a model directory"),
         ({"--method": "fmt", "--model": "./nowhere"}, "no such model directory"),
-        ({"--method": "fmt", "--gguf-file": "m.gguf"}, "pip install gguf"),
         ({"--method": "fmt", "--optimizer": "sgd"}, "optimizer 'sgd' unknown"),
     ],
 )
@@ -151,6 +150,20 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, data_files, tmp_path, chang
     assert fragment in message
     assert "Traceback" not in result.output
     assert not out.exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_gguf_without_the_gguf_package_says_how_to_get_it(model_dir, data_files, monkeypatch):
+    import ftscale.finetune.train as train_module
+
+    monkeypatch.setattr(train_module, "_gguf_available", lambda: False)
+    args = _args(model_dir, data_files, "--method", "fmt", "--gguf-file", "m.gguf")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert (
+        result.stderr.strip() == "ftscale: error: m.gguf: loading GGUF needs the gguf package: "
+        "pip install gguf"
+    )
 
 
 @pytest.mark.slow

@@ -190,9 +190,7 @@ def load_model(model: Any, tokenizer: Any = None, gguf_file: str | None = None):
             raise UserError(f"{source}: no such GGUF file")
         gguf_file, source = path.name, str(path.parent)
     if gguf_file is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("gguf") is None:
+        if not _gguf_available():
             raise UserError(f"{gguf_file}: loading GGUF needs the gguf package: pip install gguf")
         kwargs["gguf_file"] = gguf_file
     if (
@@ -221,7 +219,33 @@ def load_model(model: Any, tokenizer: Any = None, gguf_file: str | None = None):
         except (ValueError, OSError, KeyError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{tokenizer}: cannot load tokenizer: {first}") from None
+    if gguf_file is not None:
+        loaded = _plain_model(loaded)
     return loaded.float(), tokenizer, source + (f"/{gguf_file}" if gguf_file else "")
+
+
+def _gguf_available() -> bool:
+    """Whether the optional ``gguf`` package (needed to read GGUF files) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("gguf") is not None
+
+
+def _plain_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The same weights in a model transformers does not mark as quantised.
+
+    A GGUF checkpoint is dequantised on load, but the model keeps its GGUF quantiser, which makes
+    transformers refuse ``.float()`` and training. Rebuilding from the config without the
+    quantisation entry and loading the (already float) weights gives an ordinary model.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    return plain
 
 
 def resolve_device(name: str) -> torch.device:
