@@ -122,6 +122,12 @@ def finetune_command(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars on stderr say nothing about the run
+    try:  # hub retries are logged as warnings; the one-line error says what failed
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        pass
     if examples is not None and examples > len(train_pairs):
         raise UserError(f"--examples {examples} is larger than {train} ({len(train_pairs)} pairs)")
     result = run_finetune(

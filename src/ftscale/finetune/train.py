@@ -204,9 +204,12 @@ def load_model(model: Any, tokenizer: Any = None, gguf_file: str | None = None):
         raise UserError(f"{source}: no such model directory")
     try:
         loaded = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{source}: not a loadable causal language model: {first}") from None
+    except OSError as exc:  # missing files, no network for a hub id, unreadable weights
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{source}: cannot load the model: {first}") from None
     if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
