@@ -54,8 +54,8 @@ CONTRACT = (
     ("method", "lr", "margin"),
     [
         (make_method("fmt"), None, 0.3),
-        (make_method("lora", rank=4), None, 0.1),
-        (make_method("prompt", prompt_length=8), None, 0.03),
+        (make_method("lora", rank=4), None, 0.05),
+        (make_method("prompt", prompt_length=8), None, 0.02),
         (make_method("ia3"), 0.1, 0.02),  # any PEFT method, same loop
     ],
     ids=["fmt", "lora", "prompt", "ia3"],
