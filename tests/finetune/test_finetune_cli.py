@@ -104,6 +104,50 @@ def test_human_summary_and_generic_peft_option(model_dir, data_files):
     assert "test NLL/token" in result.stdout
 
 
+def test_csv_columns_and_template_fields(model_dir, data_files, tmp_path):
+    import pandas as pd
+
+    rows = [json.loads(line) for line in data_files[0].read_text().splitlines()]
+    frame = pd.DataFrame({"en": [r["source"] for r in rows], "de": [r["target"] for r in rows]})
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    frame.to_csv(tmp_path / "dev.csv", index=False)
+    args = [
+        "finetune",
+        "--model",
+        str(model_dir),
+        "--method",
+        "lora",
+        "--train",
+        str(tmp_path / "train.csv"),
+        "--dev",
+        str(tmp_path / "dev.csv"),
+        "--test",
+        str(tmp_path / "dev.csv"),
+        "--source-column",
+        "en",
+        "--target-column",
+        "de",
+        "--template",
+        "{src} {sep}",
+        "--field",
+        "sep==",
+        "--max-steps",
+        "3",
+        "--threads",
+        "1",
+        "--gen-examples",
+        "0",
+        "--examples",
+        "50",
+        "--json",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["examples"] == 50
+    result = CliRunner().invoke(app, [a for a in args if a not in ("--field", "sep==")])
+    assert result.exit_code == 2 and "no value for field {sep}" in result.stderr
+
+
 def _bad_dirs(tmp_path: Path) -> dict[str, Path]:
     from transformers import ViTConfig
 

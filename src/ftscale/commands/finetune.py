@@ -63,6 +63,12 @@ def finetune_command(
     template: Annotated[
         str, typer.Option(help="Prompt template with {src}; a typed \\n means a newline.")
     ] = "{src} =",
+    field: Annotated[
+        list[str] | None,
+        typer.Option("--field", help="Template field KEY=VALUE (repeatable), e.g. lang=German."),
+    ] = None,
+    source_column: Annotated[str, typer.Option(help="Source column / JSON key.")] = "source",
+    target_column: Annotated[str, typer.Option(help="Target column / JSON key.")] = "target",
     max_source_tokens: Annotated[int, typer.Option(help="Source cap (tokens).")] = 256,
     max_target_tokens: Annotated[int, typer.Option(help="Target cap (tokens).")] = 256,
     gen_examples: Annotated[int, typer.Option(help="Test sources to generate for; 0 none.")] = 64,
@@ -96,8 +102,15 @@ def finetune_command(
             raise UserError(f"--prompt-length applies to --method prompt, not {method!r}")
         options["prompt_length"] = prompt_length
     method_config = make_method(method, **options)
+    fields: dict[str, str] = {}
+    for text in field or []:
+        if "=" not in text:
+            raise UserError(f"--field {text!r}: expected KEY=VALUE")
+        key, value = text.split("=", 1)
+        fields[key.strip()] = value
     task = TaskConfig(
         template=template.replace("\\n", "\n"),
+        fields=fields,
         max_source_tokens=max_source_tokens,
         max_target_tokens=max_target_tokens,
         bleu_tokenize=bleu_tokenize,
@@ -118,7 +131,9 @@ def finetune_command(
         device=device,
         threads=threads if threads is not None else default_threads(),
     )
-    train_pairs, dev_pairs, test_pairs = read_pairs(train), read_pairs(dev), read_pairs(test)
+    train_pairs, dev_pairs, test_pairs = (
+        read_pairs(path, source_column, target_column) for path in (train, dev, test)
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars on stderr say nothing about the run
