@@ -36,6 +36,8 @@ def test_registry_builds_and_validates():
         ("prompt", {"prompt_length": -1}, "prompt_length"),
         ("prompt", {"init": "text"}, "init"),
         ("ia3", {"nosuch": 1}, "unknown option 'nosuch'"),
+        ("prefix_tuning", {}, "num_virtual_tokens is required"),
+        ("prefix_tuning", {"num_virtual_tokens": 0}, "num_virtual_tokens must be a positive"),
     ],
 )
 def test_registry_rejects_bad_input_in_one_line(name, options, fragment):

@@ -179,6 +179,11 @@ def make_method(name: str, **options: Any) -> MethodConfig:
     for option in options:
         if option not in fields or option in ("peft_type", "task_type"):
             raise UserError(f"method {key!r}: unknown option {option!r}")
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    if "num_virtual_tokens" in defaults and defaults["num_virtual_tokens"] is None:
+        if "num_virtual_tokens" not in options:
+            raise UserError(f"method {key!r}: option num_virtual_tokens is required")
+        _require_positive_int(key, "num_virtual_tokens", options["num_virtual_tokens"])
     return MethodConfig(key, dict(options))
 
 
