@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ftscale.cli import app
+from ftscale.finetune import read_records
 
 CONTRACT = (
     "method",
@@ -85,6 +86,8 @@ def test_json_record_on_stdout_and_appended_to_file(model_dir, data_files, tmp_p
     result = CliRunner().invoke(app, args)
     lines = out.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["test_nll"] == record["test_nll"]
+    records = read_records(out)
+    assert len(records) == 2 and records[0].to_dict() == record
 
 
 def test_human_summary_and_generic_peft_option(model_dir, data_files):

@@ -257,6 +257,18 @@ def test_record_carries_the_contract_fields(tok, base, pairs):
         assert pickle.loads(pickle.dumps(item)) == item
 
 
+def test_dev_sample_is_fixed_and_test_split_whole(tok, base, pairs):
+    train, dev, test = pairs
+    config = TrainConfig(max_steps=6, dev_examples=10, gen_examples=0, threads=1)
+    first = finetune(base, tok, "lora", train, dev, test, config)
+    assert first.dev_examples == 10 and first.test_examples == len(test)
+    other_seed = TrainConfig(max_steps=6, dev_examples=10, gen_examples=0, threads=1, seed=5)
+    second = finetune(base, tok, "fmt", train, dev, test, other_seed)
+    assert second.initial_dev_nll == first.initial_dev_nll  # same sample, same untrained model
+    whole = finetune(base, tok, "fmt", train, dev, test, TrainConfig(max_steps=6, gen_examples=0))
+    assert whole.dev_examples == len(dev) and whole.initial_dev_nll != first.initial_dev_nll
+
+
 def test_tokenizer_without_pad_token(pairs):
     tok = make_tokenizer(pad=False)
     assert tok.pad_token_id is None

@@ -71,6 +71,9 @@ def finetune_command(
     target_column: Annotated[str, typer.Option(help="Target column / JSON key.")] = "target",
     max_source_tokens: Annotated[int, typer.Option(help="Source cap (tokens).")] = 256,
     max_target_tokens: Annotated[int, typer.Option(help="Target cap (tokens).")] = 256,
+    dev_examples: Annotated[
+        int | None, typer.Option(help="Dev pairs used per check (fixed sample; default all).")
+    ] = None,
     gen_examples: Annotated[int, typer.Option(help="Test sources to generate for; 0 none.")] = 64,
     max_new_tokens: Annotated[int, typer.Option(help="Generation cap (tokens).")] = 64,
     bleu_tokenize: Annotated[str, typer.Option(help="sacrebleu tokenizer: 13a, zh, intl.")] = "13a",
@@ -126,6 +129,7 @@ def finetune_command(
         epochs=epochs,
         eval_every=eval_every,
         patience=patience or None,
+        dev_examples=dev_examples,
         gen_examples=gen_examples,
         max_new_tokens=max_new_tokens,
         device=device,

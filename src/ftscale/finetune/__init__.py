@@ -12,7 +12,7 @@ See docs/finetune.md.
 
 from ftscale.finetune.evaluate import GenerationScores, mean_nll, score_generations
 from ftscale.finetune.methods import MethodConfig, apply_method, known_methods, make_method
-from ftscale.finetune.record import RunRecord
+from ftscale.finetune.record import RunRecord, read_records
 from ftscale.finetune.tasks import TaskConfig, encode_pairs, nested_subset
 from ftscale.finetune.train import (
     FinetuneResult,
@@ -37,6 +37,7 @@ __all__ = [
     "make_method",
     "mean_nll",
     "nested_subset",
+    "read_records",
     "run_finetune",
     "score_generations",
 ]

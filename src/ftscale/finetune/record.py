@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 #: Fields that differ between two runs of one seed (timings, memory); everything else is
@@ -83,6 +83,13 @@ class RunRecord:
         """The record as one line of JSON (keys in field order)."""
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """A record from :meth:`to_dict` output (e.g. one parsed JSON line); keys this version
+        does not know are ignored, missing optional ones take their defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
     def comparable(self) -> dict[str, Any]:
         """:meth:`to_dict` without :data:`VOLATILE_FIELDS` (what must match across reruns)."""
         return {k: v for k, v in self.to_dict().items() if k not in VOLATILE_FIELDS}
@@ -115,3 +122,26 @@ def library_versions() -> dict[str, str]:
         "sacrebleu": sacrebleu.__version__,
         "ftscale": ftscale.__version__,
     }
+
+
+def read_records(path) -> list[RunRecord]:
+    """Run records from a JSONL file written by ``ftscale finetune --output`` (one per line;
+    blank lines skipped). Raises a one-line :class:`~ftscale.errors.UserError` naming the line
+    that is not a record."""
+    from pathlib import Path
+
+    from ftscale.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(RunRecord.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as exc:
+            first = str(exc).splitlines()[0]
+            raise UserError(f"{path}: line {number}: not a run record: {first}") from None
+    return records

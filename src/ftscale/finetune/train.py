@@ -67,7 +67,9 @@ class TrainConfig:
     cosine decay to ``final_lr_fraction`` of the peak, gradient clipping at ``max_grad_norm``.
     Dev checks: every ``eval_every`` steps (``None`` = about ``evals`` checks per run) and at the
     end; stop after ``patience`` checks without improvement (``None`` = never stop early).
-    Evaluation: greedy generation on ``gen_examples`` test sources (0 = none), at most
+    Evaluation: dev checks use at most ``dev_examples`` dev pairs (a fixed sample, the same for
+    every run; ``None`` = all) to make them cheaper; the test split is always used whole. Greedy
+    generation on ``gen_examples`` test sources (0 = none), at most
     ``max_new_tokens`` new tokens each; ``eval_tokens_per_batch`` caps padded tokens per
     evaluation batch.
     Hardware: ``device`` (``auto``, ``cpu``, ``cuda``, ...), ``threads`` (CPU threads for this run,
@@ -91,6 +93,7 @@ class TrainConfig:
     eval_every: int | None = None
     evals: int = 10
     patience: int | None = 3
+    dev_examples: int | None = None
     gen_examples: int = 64
     max_new_tokens: int = 64
     gen_batch_size: int = 32
@@ -113,7 +116,7 @@ class TrainConfig:
         )
         for name in positive:
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("max_steps", "eval_every", "patience", "threads", "examples"):
+        for name in ("max_steps", "eval_every", "patience", "threads", "examples", "dev_examples"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
         _check_int("gen_examples", self.gen_examples, minimum=0)
@@ -359,6 +362,9 @@ def _run(model, tokenizer, method, subset, dev_pairs, test_pairs, config, task, 
     total_params, nonembedding = base_parameter_counts(base)
     _, eos, pad = special_ids(tokenizer)
     train = encode_pairs(subset, tokenizer, task, "train")
+    if config.dev_examples is not None and config.dev_examples < len(dev_pairs):
+        keep = np.random.default_rng(0).permutation(len(dev_pairs))[: config.dev_examples]
+        dev_pairs = [dev_pairs[i] for i in sorted(keep.tolist())]
     dev = encode_pairs(dev_pairs, tokenizer, task, "dev")
     test = encode_pairs(test_pairs, tokenizer, task, "test")
 
