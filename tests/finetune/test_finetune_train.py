@@ -255,6 +255,9 @@ def test_record_carries_the_contract_fields(tok, base, pairs):
     method = make_method("lora", rank=2)
     for item in (config, method, TaskConfig(), record):
         assert pickle.loads(pickle.dumps(item)) == item
+    # configs key grids: equal configs hash equal
+    assert len({make_method("lora", rank=2), make_method("lora", rank=2), method}) == 1
+    assert len({TaskConfig(fields={"x": "y"}), TaskConfig(fields={"x": "y"})}) == 1
 
 
 def test_dev_sample_is_fixed_and_test_split_whole(tok, base, pairs):

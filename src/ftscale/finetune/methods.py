@@ -21,6 +21,7 @@ Built-in names:
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,9 @@ class MethodConfig:
     def default_learning_rate(self) -> float:
         """Learning rate used when the training config gives none (per method, see module doc)."""
         return DEFAULT_LEARNING_RATES.get(self.name, DEFAULT_PEFT_LEARNING_RATE)
+
+    def __hash__(self) -> int:  # options is a dict; hash its canonical JSON
+        return hash((self.name, json.dumps(self.options, sort_keys=True, default=str)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: ``{"name": ..., "options": {...}}``."""

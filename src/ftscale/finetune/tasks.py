@@ -7,6 +7,7 @@ and their ids concatenated, so the boundary between them is exact whatever the t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import string
 from collections.abc import Sequence
@@ -57,6 +58,10 @@ class TaskConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
+
+    def __hash__(self) -> int:  # fields is a dict; hash it as sorted items
+        values = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "fields"]
+        return hash((tuple(values), tuple(sorted(self.fields.items()))))
 
     def prompt(self, source: str) -> str:
         """The model input for one source text (the template filled in)."""
