@@ -368,6 +368,8 @@ def test_truncation_is_counted(tok):
     assert encoded.truncated_sources == 1 and encoded.truncated_targets == 1
     # <s> a b c = then target a </s>; the long target keeps 4 tokens plus </s>
     assert len(encoded.ids[0]) == 5 + 2 and encoded.prompt_lengths[0] == 5
+    prompt = tok.convert_ids_to_tokens(encoded.prompt_ids[0])
+    assert prompt == ["<s>", "a", "b", "c", "="]  # the source is cut, the template kept
     assert len(encoded.ids[1]) - encoded.prompt_lengths[1] == 4 + 1
 
 

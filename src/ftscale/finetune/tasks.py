@@ -153,11 +153,18 @@ def encode_pairs(
 
 
 def _truncate_prompt(tokenizer, task: TaskConfig, source: str, cap: int) -> list[int]:
-    """Prompt ids with the source cut to ``task.max_source_tokens`` tokens (its end dropped)."""
-    src_ids = tokenizer(source, add_special_tokens=False)["input_ids"][: task.max_source_tokens]
-    cut = tokenizer.decode(src_ids, skip_special_tokens=True)
-    ids = tokenizer(task.prompt(cut), add_special_tokens=False)["input_ids"]
-    return ids[:cap]
+    """Prompt ids with the source cut to at most ``task.max_source_tokens`` tokens (its end
+    dropped). The cut source is decoded and the template filled again, so the template's own
+    tokens (e.g. a trailing "German:") are always kept; when re-tokenising makes the prompt longer
+    than ``cap`` tokens the source is cut one token shorter until it fits."""
+    src_ids = tokenizer(source, add_special_tokens=False)["input_ids"]
+    keep = task.max_source_tokens
+    while True:
+        cut = tokenizer.decode(src_ids[:keep], skip_special_tokens=True)
+        ids = tokenizer(task.prompt(cut), add_special_tokens=False)["input_ids"]
+        if len(ids) <= cap or keep == 0:
+            return ids
+        keep -= 1
 
 
 def nested_subset(pairs: Sequence[Pair], n: int, subset_seed: int) -> list[Pair]:
