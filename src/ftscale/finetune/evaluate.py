@@ -1,0 +1,213 @@
+"""Evaluation: mean NLL per target token (the law's L), perplexity, greedy generation scores.
+
+The loss is computed on target positions only. On the fast path the output head runs only on the
+hidden states that predict a target token (the model is asked for its final hidden states and for
+one position of logits), which on small-vocabulary-heavy models is most of the compute saved.
+:func:`fast_path_ok` checks once per run that the fast path gives the model's own logits, and the
+run falls back to full logits when it does not (soft-capped or scaled heads, unusual models).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ftscale.finetune.tasks import Encoded, collate, sorted_batches
+
+
+def target_nll(
+    model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, fast: bool = True
+) -> tuple[torch.Tensor, int]:
+    """Summed NLL (nats, float32 scalar tensor) over target tokens of one right-padded batch, and
+    the number of target tokens.
+
+    ``labels`` holds the token ids where loss counts and -100 elsewhere. No attention mask is
+    passed: padding sits after every real token, so causal attention never lets a real position
+    see it. Leading positions a method adds (prompt tuning's virtual tokens) are dropped.
+    """
+    length = input_ids.shape[1]
+    target = labels[:, 1:]
+    mask = target != -100
+    if fast:
+        out = model(
+            input_ids=input_ids, use_cache=False, output_hidden_states=True, logits_to_keep=1
+        )
+        hidden = out.hidden_states[-1]
+        offset = hidden.shape[1] - length
+        selected = hidden[:, offset : offset + length - 1][mask]
+        logits = model.get_output_embeddings()(selected)
+    else:
+        out = model(input_ids=input_ids, use_cache=False)
+        offset = out.logits.shape[1] - length
+        logits = out.logits[:, offset : offset + length - 1][mask]
+    nll = F.cross_entropy(logits.float(), target[mask], reduction="sum")
+    return nll, int(mask.sum())
+
+
+def fast_path_ok(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Whether the fast head path matches the model's full logits on this batch (relative
+    difference under 1e-4 of the summed NLL); ``False`` also when the model rejects it."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            fast, _ = target_nll(model, input_ids, labels, fast=True)
+            full, _ = target_nll(model, input_ids, labels, fast=False)
+    except (TypeError, AttributeError, IndexError, ValueError, RuntimeError):
+        return False
+    finally:
+        model.train(was_training)
+    return bool(torch.isfinite(full)) and abs(float(fast - full)) <= 1e-4 * max(
+        1.0, abs(float(full))
+    )
+
+
+@torch.no_grad()
+def mean_nll(
+    model: torch.nn.Module,
+    encoded: Encoded,
+    pad_id: int,
+    device: torch.device | str = "cpu",
+    fast: bool = True,
+    tokens_per_batch: int = 8192,
+    max_batch: int = 128,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[float, int]:
+    """Mean NLL per target token (nats/token) of ``model`` on ``encoded``, and the token count.
+
+    Batches are length-sorted and hold at most ``tokens_per_batch`` padded tokens (tokens) and
+    ``max_batch`` examples. The model is put in eval mode and restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64)
+    count = 0
+    device = torch.device(device)
+    try:
+        for indices in sorted_batches(encoded.lengths, tokens_per_batch, max_batch):
+            input_ids, labels, _ = collate(encoded, indices, pad_id)
+            with _autocast(device, autocast_dtype):
+                nll, n = target_nll(model, input_ids.to(device), labels.to(device), fast=fast)
+            total += nll.double().cpu()
+            count += n
+    finally:
+        model.train(was_training)
+    return float(total / max(count, 1)), count
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: torch.nn.Module,
+    encoded: Encoded,
+    indices: Sequence[int],
+    pad_id: int,
+    eos_id: int | None,
+    tokenizer,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> list[str]:
+    """Greedy continuations (decoded text, stripped) of the prompts of ``encoded[indices]``.
+
+    Prompts are left-padded in length-sorted batches of ``batch_size`` examples; generation stops
+    at the end token or after ``max_new_tokens`` tokens. Returned in the order of ``indices``.
+    """
+    from transformers import GenerationConfig
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+    )
+    out_text: dict[int, str] = {}
+    order = sorted(indices, key=lambda i: -len(encoded.prompt_ids[i]))
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            longest = max(len(encoded.prompt_ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), longest), dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids = encoded.prompt_ids[index]
+                input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention[row, longest - len(ids) :] = 1
+            with _autocast(device, autocast_dtype):
+                output = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention.to(device),
+                    generation_config=config,
+                )
+            output = output.cpu()
+            if output.shape[1] >= longest and torch.equal(output[:, :longest], input_ids):
+                output = output[:, longest:]
+            for row, index in enumerate(batch):
+                ids = output[row].tolist()
+                if eos_id is not None and eos_id in ids:
+                    ids = ids[: ids.index(eos_id)]
+                out_text[index] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    finally:
+        model.train(was_training)
+    return [out_text[i] for i in indices]
+
+
+_WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W_]+", re.UNICODE)
+
+
+class _UnicodeTokenizer:
+    """Word tokenizer for ROUGE that keeps non-ASCII words (rouge-score's default drops them):
+    lower-cased runs of letters/digits, and each CJK character as its own token."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return _WORD.findall(text.lower())
+
+
+@dataclass(frozen=True)
+class GenerationScores:
+    """Corpus scores of greedy outputs against references, each on a 0-100 scale."""
+
+    bleu: float
+    chrf: float
+    rouge_l: float
+
+
+def score_generations(
+    hypotheses: Sequence[str], references: Sequence[str], bleu_tokenize: str = "13a"
+) -> GenerationScores:
+    """Corpus BLEU and chrF (sacrebleu, default settings, ``bleu_tokenize`` for BLEU: ``13a``,
+    ``zh``, ``intl``, ...) and mean ROUGE-L F1 (rouge-score, Unicode-aware word tokens, no
+    stemming), all scaled to 0-100."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    hyps, refs = list(hypotheses), list(references)
+    bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize=bleu_tokenize).score
+    chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_UnicodeTokenizer())
+    rouge = [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hyps, refs, strict=True)]
+    rouge_l = 100.0 * sum(rouge) / len(rouge) if rouge else 0.0
+    return GenerationScores(float(bleu), float(chrf), float(rouge_l))
+
+
+def perplexity(nll: float) -> float:
+    """Perplexity ``exp(nll)`` of a mean NLL per token (nats); ``inf`` on overflow."""
+    try:
+        return math.exp(nll)
+    except OverflowError:
+        return math.inf
