@@ -18,7 +18,7 @@ class _UserFacingError(click.ClickException):
 
     exit_code = 2
 
-    def show(self, file=None) -> None:  # noqa: D102 - click's signature
+    def show(self, file=None) -> None:
         click.echo(f"ftscale: error: {self.format_message()}", err=True, file=file)
 
 
@@ -29,7 +29,12 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            raise _UserFacingError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            # Printed here and ended with typer.Exit: typer >= 0.26 vendors click and neither
+            # catches click.ClickException nor calls its show(), so a raised _UserFacingError
+            # would surface as a traceback or a boxed rich message.
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            _UserFacingError(first).show()
+            raise typer.Exit(_UserFacingError.exit_code) from None
 
 
 app = typer.Typer(
@@ -48,7 +53,7 @@ def _root() -> None:
 
 
 #: Modules of :mod:`ftscale.commands` attached to the app, each with a ``register(app)`` function.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("ladder", "data")
 
 
 def _register() -> None:

@@ -55,7 +55,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], source: str | Path) -> None:
-    """Raise a one-line :class:`UserError` naming the first of ``columns`` missing from ``frame``."""
+    """Raise a one-line :class:`UserError` naming the first of ``columns`` not in ``frame``."""
     for column in columns:
         if column not in frame.columns:
             have = ", ".join(map(str, frame.columns))
