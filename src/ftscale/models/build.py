@@ -30,7 +30,7 @@ from ftscale.models.pretrain import (
     pretrain,
     tokenize_corpus,
 )
-from ftscale.models.tokenizer import train_bpe
+from ftscale.models.tokenizer import cached_bpe
 
 
 def _progress(enabled: bool) -> Progress:
@@ -56,8 +56,12 @@ def build_pretrained(
     threads: int | None = None,
     progress: bool = True,
     on_checkpoint: OnCheckpoint | None = None,
+    tokenizer_cache: Path | None = None,
 ) -> dict:
     """Train the tokenizer, pretrain every rung of ``config`` and write checkpoints into ``out``.
+
+    The tokenizer is reused from ``tokenizer_cache`` when one with the same vocabulary was trained
+    on the same corpus (so ladders of equal vocabulary share token ids).
 
     Returns the ladder summary: relative checkpoint paths, per-rung timings (training seconds,
     tokens/s, threads) and data sizes (tokens). Each checkpoint directory holds the model
@@ -70,7 +74,9 @@ def build_pretrained(
     t0 = time.perf_counter()
     train_docs = corpus.pretraining_documents("train")
     val_docs = corpus.pretraining_documents("val")
-    tokenizer = train_bpe(train_docs, config.tokenizer.vocab_size)
+    tokenizer = cached_bpe(
+        train_docs, config.tokenizer.vocab_size, corpus.corpus_fingerprint(), tokenizer_cache
+    )
     tokenizer.save_pretrained(str(out / "tokenizer"))
     data = tokenize_corpus(
         tokenizer, train_docs, val_docs, seq_len=recipe_cfg.seq_len,
@@ -128,6 +134,12 @@ def build_pretrained(
                 }
                 write_json_atomic(ckpt / MANIFEST_FILE, manifest)
                 checkpoints.append(rel)
+                if progress:
+                    bar.console.print(
+                        f"{rung.name}: {record['tokens_seen']:,} tokens, train loss "
+                        f"{record['train_loss']:.3f}, val loss {record['val_loss']:.3f}, "
+                        f"{record['tokens_per_s']:,.0f} tokens/s ({record['threads']} thread(s))"
+                    )
                 if on_checkpoint is not None:
                     on_checkpoint(rung.name, record["tokens_seen"], ckpt)
 

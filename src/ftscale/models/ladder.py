@@ -17,6 +17,9 @@ directory without it is a ladder. Layout::
     <entry>/ladder.json                       # config, hash, checkpoints, timings
     <entry>/tokenizer/                        # the shared tokenizer (transformers format)
     <entry>/<rung>/tokens-<n>/                # HF model + tokenizer + manifest.json
+
+Tokenizers are also kept in ``<cache>/tokenizers/bpe-<vocab>-<corpus fingerprint>`` and shared by
+ladders of equal vocabulary.
 """
 
 from __future__ import annotations
@@ -280,7 +283,7 @@ def build_ladder(
 
             summary = build_pretrained(
                 config, tmp, threads=threads or config.threads or None, progress=progress,
-                on_checkpoint=on_checkpoint,
+                on_checkpoint=on_checkpoint, tokenizer_cache=final.parent.parent / "tokenizers",
             )
         else:
             from ftscale.models.external import build_external

@@ -56,6 +56,36 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     )
 
 
+def cached_bpe(texts: list[str], vocab_size: int, key: str, cache: Path | None) -> (
+        PreTrainedTokenizerFast):
+    """:func:`train_bpe` on ``texts``, reused from ``cache/bpe-<vocab_size>-<key>`` when present.
+
+    ``key`` must identify ``texts`` (e.g. the corpus fingerprint). The directory is written to a
+    temporary sibling and renamed, so a killed run never leaves a half-written tokenizer. With
+    ``cache=None`` the tokenizer is always trained.
+    """
+    import os
+    import shutil
+    import uuid
+
+    if cache is None:
+        return train_bpe(texts, vocab_size)
+    final = Path(cache) / f"bpe-{vocab_size}-{key}"
+    if (final / "tokenizer.json").is_file():
+        return load_tokenizer(final)
+    tok = train_bpe(texts, vocab_size)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tok.save_pretrained(str(tmp))
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (final / "tokenizer.json").is_file():
+            raise
+    return tok
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load a tokenizer saved by ``save_pretrained`` (a model or tokenizer directory)."""
     from transformers import AutoTokenizer
