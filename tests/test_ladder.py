@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +28,7 @@ STEP = SEQ * BATCH
 TOML = textwrap.dedent(f"""
     name = "test2"
     threads = 1
+    workers = 1
     [tokenizer]
     vocab_size = {V}
     [recipe]
@@ -226,7 +229,38 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path, toml, message):
     assert not (tmp_path / "ladders").exists()
 
 
+def test_parallel_workers_give_the_same_ladder(built, tmp_path):
+    """Two rungs in two spawned one-thread processes: same checkpoints and losses as in-process."""
+    shutil.copytree(built[1] / "tokenizers", tmp_path / "tokenizers")  # reuse the tokenizer
+    config = ld.load_config(built[0])
+    path, reused = ld.build_ladder(config, tmp_path, workers=2, progress=False)
+    assert not reused and path.name == built[2].name
+    assert ld.ladder_summary(path)["rungs"]["large"]["workers"] == 2
+    assert not (path / "_blocks.pt").exists()
+    serial, parallel = ld.read_ladder(built[2]), ld.read_ladder(path)
+    assert [(r["rung"], r["tokens_seen"]) for r in parallel] == [
+        (r["rung"], r["tokens_seen"]) for r in serial]
+    for a, b in zip(serial, parallel, strict=True):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-3)
+        assert b["total_params"] == a["total_params"]
+    assert multiprocessing.active_children() == []
+
+
+def test_parallel_build_interrupted_stops_its_workers(built, tmp_path):
+    shutil.copytree(built[1] / "tokenizers", tmp_path / "tokenizers")
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ld.build_ladder(ld.load_config(built[0]), tmp_path, workers=2, progress=False,
+                        on_checkpoint=stop)
+    assert multiprocessing.active_children() == []
+    assert list((tmp_path / "ladders").iterdir()) == []
+
+
 def test_interrupted_build_leaves_nothing(built):
+    """``on_checkpoint`` raising stops the build and removes the temporary directory."""
     cache = built[1]  # shares the cached tokenizer with the fixture
     base = ld.load_config(built[0])
     config = base.model_copy(update={"recipe": base.recipe.model_copy(update={"seed": 1})})

@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[
             int, typer.Option(help="torch threads for pretraining (0: the config's, else auto).")
         ] = 0,
+        workers: Annotated[
+            int, typer.Option(help="Rungs pretrained at once in separate processes (0: auto).")
+        ] = 0,
         force: Annotated[bool, typer.Option(help="Rebuild even if cached.")] = False,
         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     ) -> None:
@@ -31,7 +34,8 @@ def register(app: typer.Typer) -> None:
 
         config = load_config(file)
         path, reused = build_ladder(
-            config, cache, threads=threads or None, progress=not quiet, force=force
+            config, cache, threads=threads or None, workers=workers or None, progress=not quiet,
+            force=force,
         )
         typer.echo(("reused cached ladder" if reused else "built ladder") + f" {config.name}",
                    err=True)

@@ -119,12 +119,14 @@ class ExternalRungConfig(_Strict):
 
 
 class LadderConfig(_Strict):
-    """A ladder TOML file. ``threads`` is a run-time setting and not part of the cache key."""
+    """A ladder TOML file. ``threads`` (torch threads per rung) and ``workers`` (rungs pretrained
+    at once, in separate processes) are run-time settings, 0 = automatic, not in the cache key."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     kind: Literal["pretrain", "external"] = "pretrain"
     corpus: Literal["builtin:bible"] = "builtin:bible"
     threads: Annotated[int, Field(ge=0)] = 0
+    workers: Annotated[int, Field(ge=0)] = 0
     tokenizer: TokenizerConfig = TokenizerConfig()
     recipe: RecipeConfig | None = None
     rungs: list[RungConfig] = Field(default_factory=list)
@@ -197,7 +199,7 @@ def cache_root(override: str | Path | None = None) -> Path:
 def config_key(config: LadderConfig) -> str:
     """The cache key of a ladder: a SHA-256 (16 hex digits) of the config without run-time fields,
     the corpus fingerprint (pretrain ladders), the ladder format and the ftscale version."""
-    payload = config.model_dump(mode="json", exclude={"threads"})
+    payload = config.model_dump(mode="json", exclude={"threads", "workers"})
     if config.kind == "pretrain":
         from ftscale.data.corpus import corpus_fingerprint
 
@@ -258,16 +260,18 @@ def build_ladder(
     cache: str | Path | None = None,
     *,
     threads: int | None = None,
+    workers: int | None = None,
     progress: bool = True,
     on_checkpoint: OnCheckpoint | None = None,
     force: bool = False,
 ) -> tuple[Path, bool]:
     """Build the ladder for ``config`` in the cache, or reuse it; return ``(path, reused)``.
 
-    ``threads`` overrides ``config.threads`` (0 or None: :func:`~ftscale.models.pretrain.
-    default_threads`). The build happens in a temporary sibling directory renamed into place when
-    complete; an exception (or ``on_checkpoint`` raising) removes it, a kill leaves only a
-    ``.tmp-`` directory without ``ladder.json``, cleaned up by the next build. ``force`` rebuilds.
+    ``threads`` and ``workers`` override ``config.threads`` and ``config.workers`` (0 or None:
+    automatic, see :func:`ftscale.models.build.build_pretrained`). The build happens in a
+    temporary sibling directory renamed into place when complete; an exception (or
+    ``on_checkpoint`` raising) removes it, a kill leaves only a ``.tmp-`` directory without
+    ``ladder.json``, cleaned up by the next build. ``force`` rebuilds.
     """
     final = entry_path(config, cache)
     if is_complete(final) and not force:
@@ -282,7 +286,8 @@ def build_ladder(
             from ftscale.models.build import build_pretrained
 
             summary = build_pretrained(
-                config, tmp, threads=threads or config.threads or None, progress=progress,
+                config, tmp, threads=threads or config.threads or None,
+                workers=workers or config.workers or None, progress=progress,
                 on_checkpoint=on_checkpoint, tokenizer_cache=final.parent.parent / "tokenizers",
             )
         else:
@@ -324,9 +329,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(part, path)
 
 
-#: Columns of ``ftscale ladder show`` (and keys of every row of :func:`read_ladder`).
+#: Columns of ``ftscale ladder show`` (every row of :func:`read_ladder` has them): parameters
+#: counted as in :func:`ftscale.models.pretrain.count_params`, losses in nats per token, ``path``
+#: and ``revision`` what ``from_pretrained`` needs (revision ``None`` for a local build).
 SHOW_COLUMNS = (
     "rung", "tokens_seen", "total_params", "nonembedding_params", "train_loss", "val_loss", "path",
+    "revision",
 )
 
 
