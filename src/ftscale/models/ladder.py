@@ -9,10 +9,10 @@ pretraining data (checkpoints of each rung after listed token counts). Two kinds
   pretraining-data axis; sizes are read from the models (see :mod:`ftscale.models.external`).
 
 A built ladder is a directory in the cache, ``<cache>/ladders/<name>-<hash>``, named by a hash of
-the config (minus run-time settings such as threads), the corpus fingerprint and the ladder format
-version, so an unchanged config is reused. It is built in a sibling temporary directory
-(``.tmp-...``) and renamed into place only when complete; ``ladder.json`` is written last, and no
-directory without it is a ladder. Layout::
+the config (minus run-time settings such as threads), the corpus fingerprint, the source of the
+pretraining code and the ladder format version, so an unchanged config is reused. It is built in
+a sibling temporary directory (``.tmp-...``) and renamed into place only when complete;
+``ladder.json`` is written last, and no directory without it is a ladder. Layout::
 
     <entry>/ladder.json                       # config, hash, checkpoints, timings
     <entry>/tokenizer/                        # the shared tokenizer (transformers format)
@@ -196,14 +196,32 @@ def cache_root(override: str | Path | None = None) -> Path:
     return Path(base) / "ftscale"
 
 
+#: Modules whose source decides what a pretrained ladder contains (its weights and texts).
+CODE_MODULES = ("ftscale.models.pretrain", "ftscale.models.tokenizer", "ftscale.data.corpus")
+
+
+def code_fingerprint() -> str:
+    """SHA-256 (16 hex digits) of the source of :data:`CODE_MODULES`: any change to the
+    pretraining, tokenizer or corpus code gives new cache keys."""
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for name in CODE_MODULES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None
+        digest.update(Path(spec.origin).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def config_key(config: LadderConfig) -> str:
     """The cache key of a ladder: a SHA-256 (16 hex digits) of the config without run-time fields,
-    the corpus fingerprint (pretrain ladders), the ladder format and the ftscale version."""
+    the corpus and code fingerprints (pretrain ladders), the ladder format and ftscale version."""
     payload = config.model_dump(mode="json", exclude={"threads", "workers"})
     if config.kind == "pretrain":
         from ftscale.data.corpus import corpus_fingerprint
 
         payload["corpus_fingerprint"] = corpus_fingerprint()
+        payload["code_fingerprint"] = code_fingerprint()
     payload["ladder_format"] = LADDER_FORMAT
     payload["ftscale_version"] = ftscale.__version__
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
