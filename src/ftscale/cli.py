@@ -6,35 +6,25 @@ Sub-commands live in :mod:`ftscale.commands`, one module each, and are attached 
 
 from __future__ import annotations
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from ftscale.errors import UserError
 
-
-class _UserFacingError(click.ClickException):
-    """A user mistake as click shows it: ``ftscale: error: <message>``, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        click.echo(f"ftscale: error: {self.format_message()}", err=True, file=file)
+#: Exit code for user mistakes (bad file, column, option value), as for click's usage errors.
+USER_ERROR_EXIT = 2
 
 
 class _Group(TyperGroup):
-    """Typer group that converts :class:`UserError` from any sub-command into a clean exit."""
+    """Typer group that turns a :class:`UserError` from any sub-command into one line and exit 2."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            # Printed here and ended with typer.Exit: typer >= 0.26 vendors click and neither
-            # catches click.ClickException nor calls its show(), so a raised _UserFacingError
-            # would surface as a traceback or a boxed rich message.
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            _UserFacingError(first).show()
-            raise typer.Exit(_UserFacingError.exit_code) from None
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            typer.echo(f"ftscale: error: {message}", err=True)
+            raise typer.Exit(USER_ERROR_EXIT) from None
 
 
 app = typer.Typer(
