@@ -319,3 +319,18 @@ def test_killed_build_leaves_no_usable_entry(built, tmp_path):
     with pytest.raises(KeyboardInterrupt):  # a new build first clears the dead build's leftovers
         ld.build_ladder(config, cache, progress=False, on_checkpoint=stop)
     assert list(ladders.glob("*kill*")) == []
+
+
+def test_count_params_untied_and_tied():
+    from transformers import LlamaForCausalLM
+
+    from ftscale.models.pretrain import Shape, count_params, llama_config
+
+    cfg = llama_config(Shape(32, 2, 4, 64), vocab_size=300, seq_len=32)
+    tied = count_params(LlamaForCausalLM(cfg))
+    total, nonemb = llama_params(300, 32, 2, 64)
+    assert tied == {"total": total, "embedding": 300 * 32, "nonembedding": nonemb}
+    cfg.tie_word_embeddings = False
+    untied = count_params(LlamaForCausalLM(cfg))
+    assert untied == {"total": total + 300 * 32, "embedding": 2 * 300 * 32,
+                      "nonembedding": nonemb}
