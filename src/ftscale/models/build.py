@@ -18,6 +18,7 @@ import queue as queue_mod
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -210,14 +211,19 @@ def build_pretrained(
     rungs: dict[str, dict] = {}
     with _progress(progress) as bar:
         tasks = {
-            r.name: bar.add_task(f"pretrain {r.name}", total=total_tokens, rate="-", loss="-")
+            r.name: bar.add_task(f"pretrain {r.name}", total=total_tokens, rate="-", loss="-",
+                                 start=False)  # clock starts with the rung's first step
             for r in config.rungs
         }
+        started: set[str] = set()
 
         def handle(event: tuple) -> None:
             kind, name = event[0], event[1]
             if kind == "progress":
                 _, _, done, loss, rate = event
+                if name not in started:
+                    started.add(name)
+                    bar.start_task(tasks[name])
                 bar.update(tasks[name], completed=done, rate=f"{rate:,.0f}", loss=f"{loss:.3f}")
             elif kind == "checkpoint":
                 _, _, rel, m = event
@@ -281,7 +287,14 @@ def _run_parallel(out: Path, config: LadderConfig, recipe: PretrainRecipe, data:
             _drain(events, track, timeout=0.2)
             done, pending = wait(pending, timeout=0, return_when=FIRST_EXCEPTION)
             for fut in done:
-                fut.result()  # re-raise a worker's error here
+                try:
+                    fut.result()  # re-raise a worker's error here
+                except BrokenProcessPool as exc:
+                    raise RuntimeError(
+                        "a pretraining worker process died (out of memory, killed, or a script "
+                        "calling build_ladder without an `if __name__ == '__main__':` guard, "
+                        "which the spawn start method needs); rerun with workers=1 to debug"
+                    ) from exc
         deadline = time.monotonic() + 60
         while len(finished) < len(jobs):  # events may trail the results through the queue
             if time.monotonic() > deadline:
