@@ -30,15 +30,22 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     ) -> None:
         """Build the ladder in FILE (or reuse the cached one) and print its directory."""
-        from ftscale.models.ladder import build_ladder, load_config
+        from ftscale.models.ladder import build_ladder, ladder_summary, load_config
 
         config = load_config(file)
         path, reused = build_ladder(
             config, cache, threads=threads or None, workers=workers or None, progress=not quiet,
             force=force,
         )
-        typer.echo(("reused cached ladder" if reused else "built ladder") + f" {config.name}",
-                   err=True)
+        summary = ladder_summary(path)
+        if reused:
+            typer.echo(f"reused cached ladder {config.name}", err=True)
+        else:
+            typer.echo(f"built ladder {config.name} in {summary['build_wall_s']:.0f} s", err=True)
+            for name, rung in summary.get("rungs", {}).items():
+                if "val_loss" in rung:
+                    typer.echo(f"  {name}: val loss {rung['val_loss']:.3f}, "
+                               f"{rung['tokens_per_s']:,.0f} tokens/s", err=True)
         typer.echo(str(path))
 
     @sub.command("show")

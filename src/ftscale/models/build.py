@@ -49,6 +49,7 @@ from ftscale.models.pretrain import (
     default_threads,
     pretrain,
     tokenize_corpus,
+    usable_cores,
 )
 from ftscale.models.tokenizer import cached_bpe, load_tokenizer
 
@@ -158,8 +159,7 @@ def _worker_job(out: str, rung: dict, recipe: dict, threads: int) -> str:
 def default_workers(n_rungs: int, threads: int) -> int:
     """Parallel rung processes: as many as fit the cores at ``threads`` each, at most one per
     rung; 1 (in-process) for a single rung."""
-    cores = os.cpu_count() or 1
-    return max(1, min(n_rungs, cores // max(1, threads)))
+    return max(1, min(n_rungs, usable_cores() // max(1, threads)))
 
 
 def build_pretrained(

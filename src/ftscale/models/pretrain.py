@@ -302,10 +302,18 @@ def pretrain(
         torch.set_num_threads(previous_threads)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def default_threads() -> int:
-    """Threads for one pretraining process: 1 on a machine with at most 2 cores or under load
-    (the pilot measured 10x slow-downs with 2 threads under load), else half the cores up to 4."""
-    cores = os.cpu_count() or 1
+    """Threads for one pretraining process: 1 on a machine with at most 2 cores (the pilot and
+    ``benchmarks/bench_pretrain.py`` measured 2-10x slow-downs with 2 threads under other load),
+    else half the cores up to 4."""
+    cores = usable_cores()
     if cores <= 2:
         return 1
     return min(4, cores // 2)
