@@ -6,6 +6,8 @@ import json
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ftscale.cli import app
@@ -118,3 +120,16 @@ def test_cli_user_file_and_error(tmp_path):
     bad = runner.invoke(app, ["data", "show", str(path), "--source", "en"])
     assert bad.exit_code == 2
     assert "column 'en' not found" in bad.output and "Traceback" not in bad.output
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=400))
+def test_assign_splits_keeps_groups_whole(group_ids):
+    groups = [f"g{g}" for g in group_ids]
+    labels = assign_splits(groups)
+    label_of: dict[str, str] = {}
+    for group, label in zip(groups, labels, strict=True):
+        assert label in ("train", "dev", "test")
+        assert label_of.setdefault(group, label) == label
+    assert "test" in labels  # the first group always goes to test
+    assert assign_splits(groups) == labels

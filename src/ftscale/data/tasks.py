@@ -192,7 +192,7 @@ def assign_splits(groups: Sequence[str], seed: int = 0) -> list[str]:
     for key in groups:
         sizes[key] = sizes.get(key, 0) + 1
     order = sorted(sizes, key=lambda k: hashlib.sha256(f"{seed}\x00{k}".encode()).hexdigest())
-    n_test = max(round(TEST_FRACTION * n), min(1000, round(0.25 * n)))
+    n_test = max(1, round(TEST_FRACTION * n), min(1000, round(0.25 * n)))
     n_dev = max(1, round(DEV_FRACTION * n))
     label_of: dict[str, str] = {}
     filled = {"test": 0, "dev": 0}
