@@ -100,8 +100,9 @@ def test_manifest_parameter_counts_by_hand(built):
 def test_larger_rung_reaches_lower_validation_loss(built):
     rows = ld.read_ladder(built[2])
     val = {(r["rung"], r["tokens_seen"]): r["val_loss"] for r in rows}
-    for tokens in (60 * STEP, 150 * STEP):
-        assert val[("large", tokens)] < val[("small", tokens)] - 0.1
+    # Margins measured over seeds 0-3: >= 0.11 after 60 steps, >= 0.29 after 150.
+    assert val[("large", 60 * STEP)] < val[("small", 60 * STEP)] - 0.05
+    assert val[("large", 150 * STEP)] < val[("small", 150 * STEP)] - 0.2
     # and more pretraining helps each rung (the pretraining-data axis)
     for rung in ("small", "large"):
         assert val[(rung, 150 * STEP)] < val[(rung, 60 * STEP)]

@@ -40,6 +40,10 @@ def _blocks(ids: list[int], seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
+#: Lines (verses, for the built-in corpus) per training passage; see :func:`tokenize_corpus`.
+PASSAGE_LINES = 32
+
+
 def tokenize_corpus(
     tokenizer: PreTrainedTokenizerFast,
     train_docs: Sequence[str],
@@ -52,19 +56,25 @@ def tokenize_corpus(
 ) -> TokenData:
     """Cut the documents into blocks of ``seq_len`` tokens.
 
-    Training documents are shuffled (by ``seed``) and encoded until at least ``train_tokens``
-    tokens are available (the whole corpus if it is smaller: the trainer then repeats it in new
-    orders). Validation blocks are ``val_tokens`` tokens (rounded down to whole blocks) spread
-    evenly over the validation documents.
+    Training documents are cut into passages of :data:`PASSAGE_LINES` lines (verses), the
+    passages shuffled (by ``seed``) and encoded, each followed by the end-of-text token, until at
+    least ``train_tokens`` tokens are available (the whole corpus if it is smaller: the trainer
+    then repeats it in new orders). A budget smaller than the corpus thus samples passages from
+    every document and both languages. Validation blocks are ``val_tokens`` tokens (rounded down
+    to whole blocks) spread evenly over the validation documents.
     """
     eos = tokenizer.eos_token_id
     backend = tokenizer.backend_tokenizer
-    order = list(range(len(train_docs)))
-    random.Random(seed).shuffle(order)
+    passages = []
+    for doc in train_docs:
+        lines = doc.split("\n")
+        passages.extend("\n".join(lines[i : i + PASSAGE_LINES])
+                        for i in range(0, len(lines), PASSAGE_LINES))
+    random.Random(seed).shuffle(passages)
     stream: list[int] = []
-    chunk = 8
-    for start in range(0, len(order), chunk):
-        batch = [train_docs[i] for i in order[start : start + chunk]]
+    chunk = 64
+    for start in range(0, len(passages), chunk):
+        batch = passages[start : start + chunk]
         for enc in backend.encode_batch(batch, add_special_tokens=False):
             stream.extend(enc.ids)
             stream.append(eos)
