@@ -43,7 +43,7 @@ def _root() -> None:
 
 
 #: Modules of :mod:`ftscale.commands` attached to the app, each with a ``register(app)`` function.
-COMMAND_MODULES: tuple[str, ...] = ("laws", "finetune")
+COMMAND_MODULES: tuple[str, ...] = ("laws", "finetune", "ladder", "data")
 
 
 def _register() -> None:

@@ -1,0 +1,397 @@
+"""Base-model ladders: config (TOML), cache by hash, atomic builds, manifests.
+
+A ladder is a set of base models along the study's two base-model axes: size (rungs) and
+pretraining data (checkpoints of each rung after listed token counts). Two kinds:
+
+* ``kind = "pretrain"`` (default): ftscale trains a byte-level BPE tokenizer on the built-in corpus
+  and pretrains each rung (a Llama-style shape) from scratch with one shared recipe;
+* ``kind = "external"``: rungs are Hugging Face model ids or local paths, with revisions for the
+  pretraining-data axis; sizes are read from the models (see :mod:`ftscale.models.external`).
+
+A built ladder is a directory in the cache, ``<cache>/ladders/<name>-<hash>``, named by a hash of
+the config (minus run-time settings such as threads), the corpus fingerprint, the source of the
+pretraining code and the ladder format version, so an unchanged config is reused. It is built in
+a sibling temporary directory (``.tmp-...``) and renamed into place only when complete;
+``ladder.json`` is written last, and no directory without it is a ladder. Layout::
+
+    <entry>/ladder.json                       # config, hash, checkpoints, timings
+    <entry>/tokenizer/                        # the shared tokenizer (transformers format)
+    <entry>/<rung>/tokens-<n>/                # HF model + tokenizer + manifest.json
+
+Tokenizers are also kept in ``<cache>/tokenizers/bpe-<vocab>-<corpus fingerprint>`` and shared by
+ladders of equal vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import tomllib
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import ftscale
+from ftscale.errors import UserError
+
+#: Version of the on-disk ladder layout and of the pretraining code; part of every cache key.
+LADDER_FORMAT = 1
+#: Environment variable overriding the cache root.
+CACHE_ENV = "FTSCALE_CACHE"
+#: Name of the top-level manifest that marks a complete ladder directory.
+LADDER_FILE = "ladder.json"
+#: Name of the per-checkpoint manifest.
+MANIFEST_FILE = "manifest.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenizerConfig(_Strict):
+    """Tokenizer of a pretrained ladder: byte-level BPE with ``vocab_size`` tokens."""
+
+    vocab_size: Annotated[int, Field(ge=260, le=262144)] = 2048
+
+
+class RecipeConfig(_Strict):
+    """Shared pretraining recipe: budget (tokens), batch (sequences), schedule, checkpoints."""
+
+    tokens: Annotated[int, Field(gt=0)]
+    batch_size: Annotated[int, Field(gt=0)] = 16
+    seq_len: Annotated[int, Field(ge=8)] = 128
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    seed: int = 0
+    checkpoints: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
+    val_tokens: Annotated[int, Field(gt=0)] = 32768
+
+    @model_validator(mode="after")
+    def _checkpoints_within_budget(self) -> RecipeConfig:
+        for t in self.checkpoints:
+            if t > self.tokens:
+                raise ValueError(f"checkpoint {t} tokens is beyond the budget of {self.tokens}")
+        if len(set(self.checkpoints)) != len(self.checkpoints):
+            raise ValueError("checkpoints are not distinct")
+        return self
+
+
+class RungConfig(_Strict):
+    """One pretrained rung: a Llama-style shape (width = model dim, layers, heads, FFN width)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    width: Annotated[int, Field(gt=0)]
+    layers: Annotated[int, Field(gt=0)]
+    heads: Annotated[int, Field(gt=0)]
+    ffn: Annotated[int, Field(gt=0)]
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> RungConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        return self
+
+
+class RevisionConfig(_Strict):
+    """One checkpoint of an external model: a git revision (branch, tag, commit) and, if known,
+    the pretraining tokens it had seen (tokens)."""
+
+    revision: str
+    tokens: Annotated[int, Field(gt=0)] | None = None
+
+
+class ExternalRungConfig(_Strict):
+    """One external rung: a Hugging Face model id or a local directory, with optional revisions
+    (the pretraining-data axis); without revisions the default revision is the only checkpoint."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    model: str
+    revisions: list[RevisionConfig] = Field(default_factory=list)
+    tokens: Annotated[int, Field(gt=0)] | None = None
+
+
+class LadderConfig(_Strict):
+    """A ladder TOML file. ``threads`` (torch threads per rung) and ``workers`` (rungs pretrained
+    at once, in separate processes) are run-time settings, 0 = automatic, not in the cache key."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    kind: Literal["pretrain", "external"] = "pretrain"
+    corpus: Literal["builtin:bible"] = "builtin:bible"
+    threads: Annotated[int, Field(ge=0)] = 0
+    workers: Annotated[int, Field(ge=0)] = 0
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    recipe: RecipeConfig | None = None
+    rungs: list[RungConfig] = Field(default_factory=list)
+    external: list[ExternalRungConfig] = Field(default_factory=list)
+    val_tokens: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("rungs", "external")
+    @classmethod
+    def _unique_names(cls, rungs: list) -> list:
+        names = [r.name for r in rungs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"rung name {dup[0]!r} used twice")
+        return rungs
+
+    @model_validator(mode="after")
+    def _kind_matches(self) -> LadderConfig:
+        if self.kind == "pretrain":
+            if self.recipe is None:
+                raise ValueError("a pretrain ladder needs a [recipe] table")
+            if not self.rungs:
+                raise ValueError("a pretrain ladder needs at least one [[rungs]] entry")
+            if self.external:
+                raise ValueError("[[external]] entries need kind = \"external\"")
+        else:
+            if not self.external:
+                raise ValueError("an external ladder needs at least one [[external]] entry")
+            if self.rungs:
+                raise ValueError("[[rungs]] shapes need kind = \"pretrain\"")
+        return self
+
+
+def load_config(path: str | Path) -> LadderConfig:
+    """Read and validate a ladder TOML file; one-line :class:`UserError` naming file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such ladder file")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: dict, origin: str = "ladder") -> LadderConfig:
+    """Validate a ladder config given as a dict (the parsed TOML)."""
+    try:
+        return LadderConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        shown = f" (got {value!r})" if err["type"] != "missing" and not isinstance(value, dict) \
+            else ""
+        raise UserError(f"{origin}: {where}: {msg}{shown}") from None
+
+
+def cache_root(override: str | Path | None = None) -> Path:
+    """The cache root: ``override``, else ``$FTSCALE_CACHE``, else ``$XDG_CACHE_HOME/ftscale``,
+    else ``~/.cache/ftscale``."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ftscale"
+
+
+#: Modules whose source decides what a pretrained ladder contains (its weights and texts).
+CODE_MODULES = ("ftscale.models.pretrain", "ftscale.models.tokenizer", "ftscale.data.corpus")
+
+
+def code_fingerprint() -> str:
+    """SHA-256 (16 hex digits) of the source of :data:`CODE_MODULES`: any change to the
+    pretraining, tokenizer or corpus code gives new cache keys."""
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for name in CODE_MODULES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None
+        digest.update(Path(spec.origin).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def config_key(config: LadderConfig) -> str:
+    """The cache key of a ladder: a SHA-256 (16 hex digits) of the config without run-time fields,
+    the corpus and code fingerprints (pretrain ladders), the ladder format and ftscale version."""
+    payload = config.model_dump(mode="json", exclude={"threads", "workers"})
+    if config.kind == "pretrain":
+        from ftscale.data.corpus import corpus_fingerprint
+
+        payload["corpus_fingerprint"] = corpus_fingerprint()
+        payload["code_fingerprint"] = code_fingerprint()
+    payload["ladder_format"] = LADDER_FORMAT
+    payload["ftscale_version"] = ftscale.__version__
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def entry_path(config: LadderConfig, cache: str | Path | None = None) -> Path:
+    """Where the ladder for ``config`` lives (or would live) in the cache."""
+    return cache_root(cache) / "ladders" / f"{config.name}-{config_key(config)}"
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when ``path`` is a complete ladder directory (has a readable ``ladder.json``)."""
+    try:
+        json.loads((Path(path) / LADDER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_tmp(final: Path) -> None:
+    """Remove temporary build directories of ``final`` left by killed builds (dead pid)."""
+    prefix = f".tmp-{final.name}-"
+    if not final.parent.is_dir():
+        return
+    for tmp in final.parent.iterdir():
+        if not tmp.name.startswith(prefix):
+            continue
+        try:
+            pid = int(tmp.name.removeprefix(prefix).split("-")[0])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: Called after each checkpoint is written inside the temporary build directory:
+#: (rung name, tokens_seen, checkpoint directory).
+OnCheckpoint = Callable[[str, int, Path], None]
+
+
+def build_ladder(
+    config: LadderConfig,
+    cache: str | Path | None = None,
+    *,
+    threads: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    on_checkpoint: OnCheckpoint | None = None,
+    force: bool = False,
+) -> tuple[Path, bool]:
+    """Build the ladder for ``config`` in the cache, or reuse it; return ``(path, reused)``.
+
+    ``threads`` and ``workers`` override ``config.threads`` and ``config.workers`` (0 or None:
+    automatic, see :func:`ftscale.models.build.build_pretrained`). The build happens in a
+    temporary sibling directory renamed into place when complete; an exception (or
+    ``on_checkpoint`` raising) removes it, a kill leaves only a ``.tmp-`` directory without
+    ``ladder.json``, cleaned up by the next build. ``force`` rebuilds.
+    """
+    final = entry_path(config, cache)
+    if is_complete(final) and not force:
+        return final, True
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(final)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        start = time.perf_counter()
+        if config.kind == "pretrain":
+            from ftscale.models.build import build_pretrained
+
+            summary = build_pretrained(
+                config, tmp, threads=threads or config.threads or None,
+                workers=workers or config.workers or None, progress=progress,
+                on_checkpoint=on_checkpoint, tokenizer_cache=final.parent.parent / "tokenizers",
+            )
+        else:
+            from ftscale.models.external import build_external
+
+            summary = build_external(config, tmp, progress=progress, on_checkpoint=on_checkpoint)
+        summary.update(
+            {
+                "format": LADDER_FORMAT,
+                "name": config.name,
+                "key": config_key(config),
+                "kind": config.kind,
+                "ftscale_version": ftscale.__version__,
+                "config": config.model_dump(mode="json"),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "build_wall_s": round(time.perf_counter() - start, 3),
+            }
+        )
+        write_json_atomic(tmp / LADDER_FILE, summary)
+        if force and final.exists():
+            shutil.rmtree(final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if is_complete(final):  # another process finished the same ladder first
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final, True
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, False
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as indented JSON to ``path`` via a temporary file and an atomic rename."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(part, path)
+
+
+#: Columns of ``ftscale ladder show`` (every row of :func:`read_ladder` has them): parameters
+#: counted as in :func:`ftscale.models.pretrain.count_params`, losses in nats per token, ``path``
+#: and ``revision`` what ``from_pretrained`` needs (revision ``None`` for a local build).
+SHOW_COLUMNS = (
+    "rung", "tokens_seen", "total_params", "nonembedding_params", "train_loss", "val_loss", "path",
+    "revision",
+)
+
+
+def resolve_ladder(path: str | Path, cache: str | Path | None = None) -> Path:
+    """A ladder directory from ``path``: the directory itself, or the cache entry of a ladder TOML
+    file (which must already be built)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".toml":
+        config = load_config(path)
+        entry = entry_path(config, cache)
+        if not is_complete(entry):
+            raise UserError(f"{path}: ladder not built yet (run `ftscale ladder build {path}`)")
+        return entry
+    if not path.exists():
+        raise UserError(f"{path}: no such ladder directory or file")
+    if not is_complete(path):
+        raise UserError(f"{path}: not a complete ladder (no readable {LADDER_FILE})")
+    return path
+
+
+def read_ladder(path: str | Path, cache: str | Path | None = None) -> list[dict]:
+    """Every checkpoint of a built ladder as a dict (its manifest), rungs in config order and
+    checkpoints by tokens seen; ``path`` is absolute (an id for hub models)."""
+    root = resolve_ladder(path, cache)
+    summary = json.loads((root / LADDER_FILE).read_text(encoding="utf-8"))
+    rows = []
+    for rel in summary["checkpoints"]:
+        manifest_path = root / rel / MANIFEST_FILE
+        try:
+            row = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise UserError(f"{manifest_path}: missing or unreadable manifest") from None
+        if row.get("source") in (None, "local-build"):
+            row["path"] = str((root / rel).resolve())
+        rows.append(row)
+    return rows
+
+
+def ladder_summary(path: str | Path, cache: str | Path | None = None) -> dict:
+    """The top-level ``ladder.json`` of a built ladder (config, key, timings per rung)."""
+    root = resolve_ladder(path, cache)
+    return json.loads((root / LADDER_FILE).read_text(encoding="utf-8"))

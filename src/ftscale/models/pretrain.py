@@ -1,0 +1,329 @@
+"""Pretraining one Llama-style rung from scratch, with checkpoints at token counts.
+
+Data: the pretraining documents are tokenized, joined with the end-of-text token between
+documents and cut into blocks of ``seq_len`` tokens; every rung of a ladder sees the same blocks in
+the same order (one seed), so rungs differ only in shape. A step consumes ``batch_size * seq_len``
+tokens; ``tokens_seen`` counts those. Optimiser: AdamW (betas 0.9/0.95, weight decay on matrices),
+linear warm-up then cosine decay to ``min_lr_ratio * lr``, gradient clipping at 1.0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from ftscale.errors import UserError
+
+
+@dataclass
+class TokenData:
+    """Training and validation blocks: int64 tensors of shape (n_blocks, seq_len) token ids."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per block."""
+        return int(self.train.shape[1])
+
+
+def _blocks(ids: list[int], seq_len: int) -> torch.Tensor:
+    n = len(ids) // seq_len
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+#: Lines (verses, for the built-in corpus) per training passage; see :func:`tokenize_corpus`.
+PASSAGE_LINES = 32
+
+
+def tokenize_corpus(
+    tokenizer: PreTrainedTokenizerFast,
+    train_docs: Sequence[str],
+    val_docs: Sequence[str],
+    *,
+    seq_len: int,
+    train_tokens: int,
+    val_tokens: int,
+    seed: int,
+) -> TokenData:
+    """Cut the documents into blocks of ``seq_len`` tokens.
+
+    Training documents are cut into passages of :data:`PASSAGE_LINES` lines (verses), the
+    passages shuffled (by ``seed``) and encoded, each followed by the end-of-text token, until at
+    least ``train_tokens`` tokens are available (the whole corpus if it is smaller: the trainer
+    then repeats it in new orders). A budget smaller than the corpus thus samples passages from
+    every document and both languages. Validation blocks are ``val_tokens`` tokens (rounded down
+    to whole blocks) spread evenly over the validation documents.
+    """
+    eos = tokenizer.eos_token_id
+    backend = tokenizer.backend_tokenizer
+    passages = []
+    for doc in train_docs:
+        lines = doc.split("\n")
+        passages.extend("\n".join(lines[i : i + PASSAGE_LINES])
+                        for i in range(0, len(lines), PASSAGE_LINES))
+    random.Random(seed).shuffle(passages)
+    stream: list[int] = []
+    chunk = 64
+    for start in range(0, len(passages), chunk):
+        batch = passages[start : start + chunk]
+        for enc in backend.encode_batch(batch, add_special_tokens=False):
+            stream.extend(enc.ids)
+            stream.append(eos)
+        if len(stream) >= train_tokens + seq_len:
+            break
+    train = _blocks(stream, seq_len)
+    val_stream: list[int] = []
+    for enc in backend.encode_batch(list(val_docs), add_special_tokens=False):
+        val_stream.extend(enc.ids)
+        val_stream.append(eos)
+    val_all = _blocks(val_stream, seq_len)
+    n_val = max(1, val_tokens // seq_len)
+    if len(val_all) == 0:
+        raise UserError("validation text is shorter than one block of seq_len tokens")
+    if n_val < len(val_all):
+        idx = torch.linspace(0, len(val_all) - 1, n_val).round().long()
+        val_all = val_all[idx]
+    if len(train) == 0:
+        raise UserError("training text is shorter than one block of seq_len tokens")
+    return TokenData(train=train, val=val_all)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Shape of a Llama-style decoder: width (model dim), layers, attention heads, FFN width."""
+
+    width: int
+    layers: int
+    heads: int
+    ffn: int
+
+
+def llama_config(shape: Shape, vocab_size: int, seq_len: int, tokenizer=None) -> LlamaConfig:
+    """A :class:`transformers.LlamaConfig` for ``shape``: tied input/output embeddings, RMSNorm,
+    SwiGLU FFN, rotary positions up to ``seq_len`` tokens, no biases, one KV head per head."""
+    if shape.width % shape.heads:
+        raise UserError(f"width {shape.width} is not divisible by heads {shape.heads}")
+    special = {}
+    if tokenizer is not None:
+        special = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.width,
+        intermediate_size=shape.ffn,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=seq_len,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        attention_bias=False,
+        mlp_bias=False,
+        **special,
+    )
+
+
+def count_params(model: torch.nn.Module) -> dict[str, int]:
+    """Parameter counts of a causal LM: ``total`` (unique tensors, so tied embeddings count once),
+    ``embedding`` (input embedding matrix, plus the output head when it is not tied, plus learned
+    position embeddings if any) and ``nonembedding`` (total minus embedding), in parameters."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    emb_ids: set[int] = set()
+    embedding = 0
+    modules = [model.get_input_embeddings()]
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None:
+        modules.append(out)
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Embedding) and "pos" in name.lower():
+            modules.append(mod)
+    for mod in modules:
+        w = getattr(mod, "weight", None)
+        if w is not None and id(w) not in emb_ids:
+            emb_ids.add(id(w))
+            embedding += w.numel()
+    return {"total": total, "embedding": embedding, "nonembedding": total - embedding}
+
+
+def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Learning rate at optimiser step ``step`` (0-based): linear warm-up over ``warmup_steps``,
+    then cosine from ``lr`` down to ``min_lr_ratio * lr`` at ``total_steps``."""
+    if warmup_steps and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def eval_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 32) -> float:
+    """Mean next-token NLL (nats per predicted token) of ``model`` over ``blocks``."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        batch = blocks[start : start + batch_size]
+        logits = model(input_ids=batch).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+        )
+        total += float(nll)
+        count += batch[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+@dataclass
+class PretrainRecipe:
+    """What every rung shares: token budget (tokens), batch (sequences), learning-rate schedule."""
+
+    tokens: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    warmup_fraction: float
+    min_lr_ratio: float
+    weight_decay: float
+    seed: int
+    checkpoints: list[int] = field(default_factory=list)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens consumed by one optimiser step."""
+        return self.batch_size * self.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps for the token budget (rounded up)."""
+        return max(1, math.ceil(self.tokens / self.tokens_per_step))
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps (1-based counts) after which a checkpoint is saved; always ends at the last."""
+        steps = {min(self.total_steps, max(1, math.ceil(t / self.tokens_per_step)))
+                 for t in self.checkpoints}
+        steps.add(self.total_steps)
+        return sorted(steps)
+
+
+#: Called after each checkpoint is written: (rung name, step, checkpoint record).
+CheckpointCallback = Callable[[str, int, dict], None]
+#: Called every few steps with (tokens done, loss) for progress display.
+ProgressCallback = Callable[[int, float], None]
+
+
+def pretrain(
+    shape: Shape,
+    recipe: PretrainRecipe,
+    data: TokenData,
+    tokenizer: PreTrainedTokenizerFast,
+    save: Callable[[LlamaForCausalLM, int, dict], None],
+    *,
+    threads: int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> dict:
+    """Pretrain one rung from scratch and call ``save(model, step, record)`` at each checkpoint.
+
+    ``record`` holds ``tokens_seen`` (tokens), ``step``, ``train_loss`` (mean over the last 20
+    steps, nats/token), ``val_loss`` (nats/token on ``data.val``), ``wall_s`` (training seconds so
+    far, evaluation excluded) and ``tokens_per_s``. Returns the last record. ``threads`` sets
+    ``torch.set_num_threads`` for the duration (restored after).
+    """
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(recipe.seed)
+        config = llama_config(shape, len(tokenizer), recipe.seq_len, tokenizer)
+        model = LlamaForCausalLM(config)
+        model.train()
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": recipe.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=recipe.lr, betas=(0.9, 0.95), eps=1e-8,
+        )
+        total_steps = recipe.total_steps
+        warmup = int(recipe.warmup_fraction * total_steps)
+        ckpt_steps = set(recipe.checkpoint_steps())
+        gen = torch.Generator().manual_seed(recipe.seed)
+        perm = torch.randperm(len(data.train), generator=gen)
+        cursor = 0
+        recent: list[float] = []
+        train_time = 0.0
+        record: dict = {}
+        for step in range(total_steps):
+            t0 = time.perf_counter()
+            if cursor + recipe.batch_size > len(perm):
+                perm = torch.randperm(len(data.train), generator=gen)
+                cursor = 0
+            idx = perm[cursor : cursor + recipe.batch_size]
+            cursor += recipe.batch_size
+            batch = data.train[idx]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total_steps, recipe.lr, warmup, recipe.min_lr_ratio)
+            logits = model(input_ids=batch).logits[:, :-1]
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise UserError(f"pretraining diverged at step {step + 1} (loss {value}): lower lr")
+            recent = [*recent[-19:], value]
+            train_time += time.perf_counter() - t0
+            done = step + 1
+            if on_progress is not None:
+                on_progress(done * recipe.tokens_per_step, value)
+            if done in ckpt_steps:
+                tokens_seen = done * recipe.tokens_per_step
+                record = {
+                    "step": done,
+                    "tokens_seen": tokens_seen,
+                    "train_loss": sum(recent) / len(recent),
+                    "val_loss": eval_loss(model, data.val),
+                    "wall_s": train_time,
+                    "tokens_per_s": tokens_seen / train_time if train_time else 0.0,
+                    "threads": torch.get_num_threads(),
+                }
+                save(model, done, record)
+        return record
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """Threads for one pretraining process: 1 on a machine with at most 2 cores (the pilot and
+    ``benchmarks/bench_pretrain.py`` measured 2-10x slow-downs with 2 threads under other load),
+    else half the cores up to 4."""
+    cores = usable_cores()
+    if cores <= 2:
+        return 1
+    return min(4, cores // 2)
