@@ -10,6 +10,25 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ftscale.data import Pair
 
+#: The run-record fields issue 3's command-line contract promises (``--json``), plus ``reason``.
+CONTRACT = (
+    "method",
+    "method_size",
+    "trainable_params",
+    "total_params",
+    "nonembedding_params",
+    "examples",
+    "subset_seed",
+    "test_nll",
+    "test_ppl",
+    "best_dev_nll",
+    "best_step",
+    "tokens_seen",
+    "wall_s",
+    "status",
+    "reason",
+)
+
 LETTERS = list("abcdefghijklmnop")
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 

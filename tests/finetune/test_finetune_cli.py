@@ -9,27 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from finetune_toy import CONTRACT
 from typer.testing import CliRunner
 
 from ftscale.cli import app
 from ftscale.finetune import read_records
 
-CONTRACT = (
-    "method",
-    "method_size",
-    "trainable_params",
-    "total_params",
-    "nonembedding_params",
-    "examples",
-    "subset_seed",
-    "test_nll",
-    "test_ppl",
-    "best_dev_nll",
-    "best_step",
-    "tokens_seen",
-    "wall_s",
-    "status",
-)
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 

@@ -11,7 +11,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from finetune_toy import make_model, make_tokenizer, reverse_pairs
+from finetune_toy import CONTRACT, make_model, make_tokenizer, reverse_pairs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,24 +30,6 @@ from ftscale.finetune import (
 )
 from ftscale.finetune.tasks import collate, length_grouped_batches
 from ftscale.finetune.train import learning_rate_at
-
-CONTRACT = (
-    "method",
-    "method_size",
-    "trainable_params",
-    "total_params",
-    "nonembedding_params",
-    "examples",
-    "subset_seed",
-    "test_nll",
-    "test_ppl",
-    "best_dev_nll",
-    "best_step",
-    "tokens_seen",
-    "wall_s",
-    "status",
-    "reason",
-)
 
 
 @pytest.mark.parametrize(
