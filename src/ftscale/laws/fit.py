@@ -256,7 +256,6 @@ class MultiStartResult:
         message: L-BFGS's message for the best run.
         n_starts: grid starts evaluated.
         n_refined: starts refined by L-BFGS.
-        refined: (start objective, first-pass objective) for each refined start.
     """
 
     x: np.ndarray
@@ -265,7 +264,6 @@ class MultiStartResult:
     message: str
     n_starts: int
     n_refined: int
-    refined: list[tuple[float, float]]
 
 
 def lbfgs(objective: HuberObjective, start: np.ndarray, options: Mapping | None = None):
@@ -316,22 +314,17 @@ def multistart(
         raise DataError("the law is undefined (NaN or non-positive) at every start of the grid")
     chosen = order if n_refine is None else order[: max(1, n_refine)]
     candidates = [starts[i] for i in chosen]
-    start_values = [values[i] for i in chosen]
     if extra_starts is not None:
-        extra = np.atleast_2d(extra_starts)
-        candidates = [*extra, *candidates]
-        start_values = [*objective.values(extra), *start_values]
+        candidates = [*np.atleast_2d(extra_starts), *candidates]
     # Pass 1: every chosen start, ordinary tolerances. Pass 2: polish the best few tightly. The
     # tight tolerances are what the fit needs at the optimum, but spent from every start they
     # mostly buy slow crawls along flat directions (E -> 0) of starts that end up worse anyway.
     # With no more candidates than get polished (a bootstrap refit), screening is wasted work.
     if len(candidates) <= N_POLISH:
         polished = [lbfgs(objective, start, options) for start in candidates]
-        refined = [(float(v), float(r.fun)) for v, r in zip(start_values, polished, strict=True)]
     else:
         screen = {**SCREEN_OPTIONS, **(options or {})}
         screened = [lbfgs(objective, start, screen) for start in candidates]
-        refined = [(float(v), float(r.fun)) for v, r in zip(start_values, screened, strict=True)]
         order = np.argsort([r.fun for r in screened], kind="stable")[:N_POLISH]
         polished = [lbfgs(objective, screened[i].x, options) for i in order]
     best = min(polished, key=lambda r: r.fun)
@@ -343,8 +336,7 @@ def multistart(
         converged=_converged(best),
         message=str(best.message),
         n_starts=int(starts.shape[0]),
-        n_refined=len(refined),
-        refined=refined,
+        n_refined=len(candidates),
     )
 
 
