@@ -131,8 +131,9 @@ def fit(
     grid = Table(title=f"Scaling-law fits to {table} ({space}-space Huber, Δ in nats)")
     grid.add_column("group", no_wrap=True)
     grid.add_column("form", no_wrap=True)
-    grid.add_column("parameters")  # the one column that wraps on a narrow terminal
-    for column in ("Δe", "Δh", "n fit", "held out"):
+    # The one column that wraps on a narrow terminal; wide enough for "alpha=0.03247".
+    grid.add_column("parameters", min_width=14)
+    for column in ("Δe", "Δh", "fit", "held"):
         grid.add_column(column, justify="right", no_wrap=True)
     winners = _best_forms(results) if len({r.form for r in results}) > 1 else {}
     for r in results:
