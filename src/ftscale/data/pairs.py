@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from ftscale.data.tables import read_table, require_columns
 from ftscale.errors import UserError
 
@@ -24,12 +26,22 @@ def read_pairs(path: str | Path, source: str = "source", target: str = "target")
     :class:`~ftscale.errors.UserError` for a missing file or column, an empty file, or a row whose
     source or target is missing or not text.
     """
-    frame = read_table(path)
-    require_columns(frame, [source, target], path)
+    return pairs_from_frame(read_table(path), source, target, path)
+
+
+def pairs_from_frame(
+    frame: pd.DataFrame, source: str, target: str, origin: str | Path
+) -> list[Pair]:
+    """(source, target) pairs from two columns of a table, in row order.
+
+    ``origin`` names the table in errors. Raises a one-line :class:`~ftscale.errors.UserError` for
+    a missing column or a row whose source or target is not text (rows are counted from 1).
+    """
+    require_columns(frame, [source, target], origin)
     pairs = []
     for row, (src, tgt) in enumerate(zip(frame[source], frame[target], strict=True), start=1):
         for column, value in ((source, src), (target, tgt)):
             if not isinstance(value, str):
-                raise UserError(f"{path}: row {row}: {column!r} is {value!r}, expected text")
+                raise UserError(f"{origin}: row {row}: {column!r} is {value!r}, expected text")
         pairs.append(Pair(src, tgt))
     return pairs

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from ftscale.data import corpus
-from ftscale.data.pairs import Pair
+from ftscale.data.pairs import Pair, pairs_from_frame
 from ftscale.data.tables import read_table, require_columns
 from ftscale.errors import UserError
 
@@ -160,12 +160,7 @@ def split_frame(
     (:data:`DEV_FRACTION`, at least one group); the rest is train.
     """
     require_columns(frame, [source, target] + ([group] if group else []), origin)
-    pairs = []
-    for row, (src, tgt) in enumerate(zip(frame[source], frame[target], strict=True), start=1):
-        for column, value in ((source, src), (target, tgt)):
-            if not isinstance(value, str):
-                raise UserError(f"{origin}: row {row}: {column!r} is {value!r}, expected text")
-        pairs.append(Pair(src, tgt))
+    pairs = pairs_from_frame(frame, source, target, origin)
     validate_pairs(pairs, origin)
     if "split" in frame.columns:
         labels = [str(v) for v in frame["split"]]
