@@ -206,7 +206,7 @@ def test_external_missing_local_path_is_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ('name = "x"\n[recipe]\ntokens = 100\n', "rungs: Value error" if False else
+        ('name = "x"\n[recipe]\ntokens = 100\n',
          "a pretrain ladder needs at least one [[rungs]] entry"),
         ('name = "x"\n[recipe]\ntokens = 100\ncheckpoints = [200]\n'
          '[[rungs]]\nname="a"\nwidth=8\nlayers=1\nheads=2\nffn=8\n',
@@ -215,6 +215,9 @@ def test_external_missing_local_path_is_one_line(tmp_path):
          'heads=3\nffn=8\n', "rungs.0: width 10 is not divisible by heads 3"),
         ('name = "x"\n[tokenizer]\nvocab_size = 10\n', "tokenizer.vocab_size: Input should be"),
         ('name = "x"\nrecipie = 1\n', "recipie: Extra inputs are not permitted"),
+        # A misspelt key comes first: it is why the real key looks missing.
+        ('name = "x"\n[recipe]\ntokenz = 5\n',
+         "recipe.tokenz: Extra inputs are not permitted; recipe.tokens: Field required"),
         ('name = "x"\n[recipe\n', "not valid TOML"),
     ],
 )

@@ -176,13 +176,21 @@ def parse_config(raw: dict, origin: str = "ladder") -> LadderConfig:
     try:
         return LadderConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        value = err.get("input")
-        shown = f" (got {value!r})" if err["type"] != "missing" and not isinstance(value, dict) \
-            else ""
-        raise UserError(f"{origin}: {where}: {msg}{shown}") from None
+        # Every problem on the one line, unknown keys first: a misspelt key ("tokenz") also
+        # makes the real one look missing, and the typo is the cause worth reading.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        problems = []
+        for err in errors:
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            value = err.get("input")
+            shown = (
+                f" (got {value!r})"
+                if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict)
+                else ""
+            )
+            problems.append(f"{where}: {msg}{shown}")
+        raise UserError(f"{origin}: {'; '.join(problems)}") from None
 
 
 def cache_root(override: str | Path | None = None) -> Path:
