@@ -1,30 +1,72 @@
 """The ``ftscale`` command: one entry point, one sub-command per job.
 
-Sub-commands live in :mod:`ftscale.commands`, one module each, and are attached here. A
-:class:`~ftscale.errors.UserError` raised anywhere below becomes one line on stderr and exit code 2.
+Sub-commands live in :mod:`ftscale.commands`, one module each, and are attached here. Every user
+mistake ends the same way: one line ``ftscale: error: ...`` on stderr and exit code 2, whether it is
+a :class:`~ftscale.errors.UserError` raised anywhere below or a usage error of the command-line
+framework (unknown option, value of the wrong type). SIGINT and SIGTERM both unwind the command
+(so its clean-up runs), print one line and exit 130 / 143.
 """
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import typer
 from typer.core import TyperGroup
 
-from ftscale.errors import UserError
+from ftscale.common import first_line
+from ftscale.errors import Interrupted, UserError
 
 #: Exit code for user mistakes (bad file, column, option value), as for click's usage errors.
 USER_ERROR_EXIT = 2
 
 
+def _say(message: str) -> None:
+    typer.echo(f"ftscale: {message}", err=True)
+
+
 class _Group(TyperGroup):
-    """Typer group that turns a :class:`UserError` from any sub-command into one line and exit 2."""
+    """Typer group with ftscale's one-line endings (see the module docs)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            typer.echo(f"ftscale: error: {message}", err=True)
+            _say(f"error: {first_line(exc)}")
             raise typer.Exit(USER_ERROR_EXIT) from None
+        except KeyboardInterrupt as exc:
+            what = str(exc) if isinstance(exc, Interrupted) and str(exc) else "nothing written"
+            code = exc.exit_code if isinstance(exc, Interrupted) else 130
+            _say(f"interrupted; {what}")
+            raise typer.Exit(code) from None
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        from typer import core as typer_core
+        from typer._click import exceptions as click_exceptions
+
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_exceptions.NoArgsIsHelpError as exc:  # bare `ftscale` or a bare group
+            typer.echo(exc.ctx.get_help() if exc.ctx else "")
+            sys.exit(exc.exit_code)
+        except click_exceptions.ClickException as exc:  # usage errors: one line, not a box
+            _say(f"error: {exc.format_message().strip().splitlines()[0]}")
+            sys.exit(exc.exit_code)
+        except typer_core.Abort:
+            _say("interrupted; nothing written")
+            sys.exit(130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _raise_interrupted(signum, frame) -> None:
+    """SIGTERM handler: unwind like Ctrl-C, so ``finally`` blocks and temporary clean-up run."""
+    raise Interrupted(exit_code=128 + signum)
 
 
 app = typer.Typer(

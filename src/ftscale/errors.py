@@ -18,3 +18,13 @@ class UserError(ValueError):
 
 class DataError(UserError):
     """The data cannot support what was asked (too few points, NaN losses, one distinct size)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was interrupted (Ctrl-C or SIGTERM). Raised by the CLI's SIGTERM handler so
+    that clean-up runs as for Ctrl-C; a command that kept something re-raises it with a message
+    saying what (``Interrupted("12 of 48 runs are in the store; rerun to resume")``)."""
+
+    def __init__(self, message: str = "", exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

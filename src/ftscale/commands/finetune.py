@@ -27,13 +27,33 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def finetune_command(
-    model: Annotated[str, typer.Option(help="Base model: local directory, .gguf file or hub id.")],
-    method: Annotated[str, typer.Option(help="fmt, lora, prompt, or any PEFT method name.")],
+    model: Annotated[
+        str | None, typer.Option(help="Base model: local directory, .gguf file or hub id.")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="fmt, lora, prompt, or any PEFT method name.")
+    ] = None,
     train: Annotated[
-        Path, typer.Option(help="Training pairs (JSONL/CSV/Parquet: source, target).")
-    ],
-    dev: Annotated[Path, typer.Option(help="Dev pairs: pick the best state by dev NLL.")],
-    test: Annotated[Path, typer.Option(help="Test pairs: NLL per target token, generation.")],
+        str | None, typer.Option(help="Training pairs (JSONL/CSV/Parquet: source, target).")
+    ] = None,
+    dev: Annotated[
+        str | None, typer.Option(help="Dev pairs: pick the best state by dev NLL.")
+    ] = None,
+    test: Annotated[
+        str | None, typer.Option(help="Test pairs: NLL per target token, generation.")
+    ] = None,
+    job_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--job", help="Run a saved run spec (JSON from --print-job) instead of flags."
+        ),
+    ] = None,
+    print_job: Annotated[
+        bool, typer.Option("--print-job", help="Print the run spec and its key; do not run.")
+    ] = False,
+    revision: Annotated[
+        str | None, typer.Option(help="Hub revision (branch, tag, commit) of --model.")
+    ] = None,
     rank: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
     prompt_length: Annotated[
         int | None, typer.Option(help="Prompt tuning: virtual tokens.")
@@ -87,81 +107,77 @@ def finetune_command(
 ) -> None:
     """Finetune one base model with one method; report test NLL per target token and more.
 
+    The run is built from the flags (or read with --job) as a run spec; --print-job shows it.
     Exit 0 when the run finished, 1 when it failed (loss NaN/inf; the record says why), 2 for bad
     input.
     """
-    from ftscale.data import read_pairs
-    from ftscale.finetune import TaskConfig, TrainConfig, make_method, run_finetune
-    from ftscale.finetune.train import default_threads
+    from ftscale.common import usable_cores
+    from ftscale.finetune.job import DataSource, FinetuneJob, run_job
+    from ftscale.finetune.tasks import TaskConfig
+    from ftscale.finetune.train import TrainConfig
 
-    options: dict[str, Any] = dict(_parse_option(text) for text in option or [])
-    name = method.strip().lower()
-    if rank is not None:
-        if name not in ("lora", "dora"):
-            raise UserError(f"--rank applies to --method lora, not {method!r}")
-        options["rank"] = rank
-    if prompt_length is not None:
-        if name not in ("prompt", "prompt_tuning"):
-            raise UserError(f"--prompt-length applies to --method prompt, not {method!r}")
-        options["prompt_length"] = prompt_length
-    method_config = make_method(method, **options)
-    fields: dict[str, str] = {}
-    for text in field or []:
-        if "=" not in text:
-            raise UserError(f"--field {text!r}: expected KEY=VALUE")
-        key, value = text.split("=", 1)
-        fields[key.strip()] = value
-    task = TaskConfig(
-        template=template.replace("\\n", "\n"),
-        fields=fields,
-        max_source_tokens=max_source_tokens,
-        max_target_tokens=max_target_tokens,
-        bleu_tokenize=bleu_tokenize,
-    )
-    config = TrainConfig(
-        examples=examples,
-        subset_seed=subset_seed,
-        seed=seed,
-        learning_rate=lr,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        max_steps=max_steps,
-        epochs=epochs,
-        eval_every=eval_every,
-        patience=patience or None,
-        dev_examples=dev_examples,
-        gen_examples=gen_examples,
-        max_new_tokens=max_new_tokens,
-        device=device,
-        threads=threads if threads is not None else default_threads(),
-    )
-    train_pairs, dev_pairs, test_pairs = (
-        read_pairs(path, source_column, target_column) for path in (train, dev, test)
-    )
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # weight-loading bars on stderr say nothing about the run
-    try:  # hub retries are logged as warnings; the one-line error says what failed
-        from huggingface_hub.utils import logging as hub_logging
-
-        hub_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        pass
-    if examples is not None and examples > len(train_pairs):
-        raise UserError(f"--examples {examples} is larger than {train} ({len(train_pairs)} pairs)")
-    result = run_finetune(
-        model,
-        None,
-        method_config,
-        train_pairs,
-        dev_pairs,
-        test_pairs,
-        config,
-        task,
-        gguf_file=gguf_file,
-    )
-    record = result.record
-    record.model = model + (f"/{gguf_file}" if gguf_file else "")
+    if job_file is not None:
+        job = FinetuneJob.read(job_file)
+    else:
+        missing = [
+            f"--{name}"
+            for name, value in (
+                ("model", model),
+                ("method", method),
+                ("train", train),
+                ("dev", dev),
+                ("test", test),
+            )
+            if value is None
+        ]
+        if missing:
+            raise UserError(f"missing option {missing[0]} (or give a saved spec with --job)")
+        options: dict[str, Any] = dict(_parse_option(text) for text in option or [])
+        fields: dict[str, str] = {}
+        for text in field or []:
+            if "=" not in text:
+                raise UserError(f"--field {text!r}: expected KEY=VALUE")
+            key, value = text.split("=", 1)
+            fields[key.strip()] = value
+        columns = {"source_column": source_column, "target_column": target_column}
+        job = FinetuneJob(
+            model=model,
+            revision=revision,
+            gguf_file=gguf_file,
+            method=_method(method, options, rank, prompt_length),
+            train=DataSource(train, **columns),
+            dev=DataSource(dev, **columns),
+            test=DataSource(test, **columns),
+            task=TaskConfig(
+                template=template.replace("\\n", "\n"),
+                fields=fields,
+                max_source_tokens=max_source_tokens,
+                max_target_tokens=max_target_tokens,
+                bleu_tokenize=bleu_tokenize,
+            ),
+            train_config=TrainConfig(
+                examples=examples,
+                subset_seed=subset_seed,
+                seed=seed,
+                learning_rate=lr,
+                optimizer=optimizer,
+                batch_size=batch_size,
+                max_steps=max_steps,
+                epochs=epochs,
+                eval_every=eval_every,
+                patience=patience or None,
+                dev_examples=dev_examples,
+                gen_examples=gen_examples,
+                max_new_tokens=max_new_tokens,
+                device=device,
+                threads=threads if threads is not None else usable_cores(),
+            ),
+        )
+    if print_job:
+        typer.echo(json.dumps({"key": job.key, "job": job.to_dict()}, indent=1, sort_keys=True))
+        return
+    _quiet_library_logs()
+    record = run_job(job)
     line = record.to_json()
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +189,36 @@ def finetune_command(
         _print_summary(record)
     if record.status != "ok":
         raise typer.Exit(1)
+
+
+def _method(name: str, options: dict[str, Any], rank: int | None, prompt_length: int | None):
+    """The method config from --method and its options; --rank/--prompt-length only where the
+    method has that size."""
+    from ftscale.finetune import make_method
+
+    method = make_method(name, **options)
+    if rank is not None and method.name != "lora":
+        raise UserError(f"--rank applies to --method lora, not {name!r}")
+    if prompt_length is not None and method.name != "prompt":
+        raise UserError(f"--prompt-length applies to --method prompt, not {name!r}")
+    sizes = {"rank": rank} if rank is not None else {}
+    if prompt_length is not None:
+        sizes["prompt_length"] = prompt_length
+    return make_method(name, **options, **sizes) if sizes else method
+
+
+def _quiet_library_logs() -> None:
+    """Weight-loading bars and hub retry warnings say nothing about the run: silence them (the
+    one-line error says what failed)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        pass
 
 
 def _print_summary(record) -> None:

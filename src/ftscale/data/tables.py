@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ftscale.common import first_line
 from ftscale.errors import UserError
 
 #: File suffixes understood by :func:`read_table`, mapped to their format name.
@@ -47,7 +48,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: file is empty") from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"{path}: cannot read as {fmt}: {first}") from None
     if frame.empty:
         raise UserError(f"{path}: table has no rows")

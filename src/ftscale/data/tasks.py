@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ftscale.common import first_line
 from ftscale.data import corpus
 from ftscale.data.pairs import Pair, pairs_from_frame
 from ftscale.data.tables import read_table, require_columns
@@ -108,7 +109,7 @@ def _read_hf(spec: str) -> pd.DataFrame:
     try:
         loaded = datasets.load_dataset(name, config or None, revision=revision or None)
     except Exception as exc:  # datasets raises many types; all are the user's to fix
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"{spec}: cannot load dataset: {first}") from None
     frames = []
     for split_name, part in loaded.items():

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ftscale.common import first_line
 from ftscale.errors import UserError
 
 #: Projection names of Llama-style attention and feed-forward blocks (LoRA's default targets).
@@ -256,7 +257,7 @@ def apply_method(model: torch.nn.Module, method: MethodConfig, seed: int = 0) ->
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             wrapped = get_peft_model(model, config)
     except (ValueError, TypeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"method {method.name!r}: PEFT rejected the options: {first}") from None
 
     if method.name == "prompt" and method.options.get("init", "vocab") == "vocab":

@@ -19,10 +19,11 @@ class RunRecord:
     for ``*tokens*``, nats per target token for ``*_nll``, seconds for ``*_s``, MiB for
     ``peak_mem_mb``, 0-100 for generation scores.
 
-    ``status`` is ``"ok"`` or ``"failed"``; a failed run has ``reason`` and ``failed_step`` and
-    ``None`` for the metrics it did not reach. ``dev_history`` is ``[[step, dev_nll], ...]``,
-    step 0 being the model before training. ``peak_mem_mb`` is the GPU's peak allocation on a
-    GPU, the process's peak resident memory on CPU.
+    ``key`` and ``job`` are the run spec's key and JSON (see :mod:`ftscale.finetune.job`) when
+    the run came from one. ``status`` is ``"ok"`` or ``"failed"``; a failed run has ``reason``
+    and ``failed_step`` and ``None`` for the metrics it did not reach. ``dev_history`` is
+    ``[[step, dev_nll], ...]``, step 0 being the model before training. ``peak_mem_mb`` is the
+    GPU's peak allocation on a GPU, the process's peak resident memory on CPU.
     """
 
     method: str
@@ -35,6 +36,9 @@ class RunRecord:
     subset_seed: int
     seed: int
     model: str
+    revision: str | None = None
+    key: str | None = None
+    job: dict[str, Any] | None = None
     status: str = "ok"
     reason: str | None = None
     failed_step: int | None = None
@@ -130,6 +134,7 @@ def read_records(path) -> list[RunRecord]:
     that is not a record."""
     from pathlib import Path
 
+    from ftscale.common import first_line
     from ftscale.errors import UserError
 
     path = Path(path)
@@ -142,6 +147,6 @@ def read_records(path) -> list[RunRecord]:
         try:
             records.append(RunRecord.from_dict(json.loads(line)))
         except (json.JSONDecodeError, TypeError) as exc:
-            first = str(exc).splitlines()[0]
+            first = first_line(exc)
             raise UserError(f"{path}: line {number}: not a run record: {first}") from None
     return records

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import resource
 import time
 import warnings
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ftscale.common import first_line
 from ftscale.data.pairs import Pair
 from ftscale.errors import UserError
 from ftscale.finetune.evaluate import (
@@ -169,13 +169,16 @@ def learning_rate_at(
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def load_model(model: Any, tokenizer: Any = None, gguf_file: str | None = None):
+def load_model(
+    model: Any, tokenizer: Any = None, gguf_file: str | None = None, revision: str | None = None
+):
     """``(model, tokenizer, name)`` ready to finetune, the model in float32.
 
     ``model`` is an in-memory ``PreTrainedModel`` (deep-copied, so the caller's stays untouched;
     ``tokenizer`` is then required), a local directory, a ``.gguf`` file, or a hub id (passed to
     ``from_pretrained``; needs network). ``gguf_file`` names a GGUF file inside a directory or
-    repo. GGUF weights are dequantised to plain tensors so every method can train them. Raises a
+    repo; ``revision`` a hub branch, tag or commit. GGUF weights are dequantised to plain tensors
+    so every method can train them. Raises a
     one-line :class:`~ftscale.errors.UserError` for anything that is not a loadable causal LM.
     """
     if isinstance(model, torch.nn.Module):
@@ -187,7 +190,7 @@ def load_model(model: Any, tokenizer: Any = None, gguf_file: str | None = None):
 
     source = str(model)
     path = Path(source)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise UserError(f"{source}: no such GGUF file")
@@ -208,22 +211,22 @@ def load_model(model: Any, tokenizer: Any = None, gguf_file: str | None = None):
     try:
         loaded = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     except (ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"{source}: not a loadable causal language model: {first}") from None
     except OSError as exc:  # missing files, no network for a hub id, unreadable weights
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"{source}: cannot load the model: {first}") from None
     if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         except (ValueError, OSError, KeyError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UserError(f"{source}: cannot load its tokenizer: {first}") from None
     elif isinstance(tokenizer, str | Path):
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
         except (ValueError, OSError, KeyError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UserError(f"{tokenizer}: cannot load tokenizer: {first}") from None
     if gguf_file is not None:
         loaded = _plain_model(loaded)
@@ -275,6 +278,7 @@ def finetune(
     task: TaskConfig | None = None,
     *,
     gguf_file: str | None = None,
+    revision: str | None = None,
 ) -> RunRecord:
     """Finetune ``model`` with one method on (a subset of) ``train_pairs``; return its record.
 
@@ -291,6 +295,7 @@ def finetune(
         train_config,
         task,
         gguf_file=gguf_file,
+        revision=revision,
     ).record
 
 
@@ -305,6 +310,7 @@ def run_finetune(
     task: TaskConfig | None = None,
     *,
     gguf_file: str | None = None,
+    revision: str | None = None,
 ) -> FinetuneResult:
     """One finetuning run, end to end.
 
@@ -349,16 +355,17 @@ def run_finetune(
                 config,
                 task,
                 started,
-                gguf_file,
+                (gguf_file, revision),
             )
     finally:
         if config.threads is not None:
             torch.set_num_threads(previous_threads)
 
 
-def _run(model, tokenizer, method, subset, dev_pairs, test_pairs, config, task, started, gguf_file):
+def _run(model, tokenizer, method, subset, dev_pairs, test_pairs, config, task, started, source):
     torch.manual_seed(config.seed)
-    base, tokenizer, name = load_model(model, tokenizer, gguf_file)
+    gguf_file, revision = source
+    base, tokenizer, name = load_model(model, tokenizer, gguf_file, revision)
     total_params, nonembedding = base_parameter_counts(base)
     _, eos, pad = special_ids(tokenizer)
     train = encode_pairs(subset, tokenizer, task, "train")
@@ -630,11 +637,3 @@ def _fail(
     record.failed_step = step
     _finish(record, started, device)
     return FinetuneResult(record, model, tokenizer)
-
-
-def default_threads() -> int:
-    """All CPU threads this process may use (the command line's default for one run)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1

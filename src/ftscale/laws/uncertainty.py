@@ -10,7 +10,6 @@ Replicates run in worker processes (``fork``), one per core by default.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from multiprocessing import get_all_start_methods, get_context
 
 import numpy as np
 
+from ftscale.common import usable_cores
 from ftscale.errors import DataError, UserError
 from ftscale.laws.critical import D_RANGE, crossings
 from ftscale.laws.fit import ScalingLaw, as_sizes
@@ -114,10 +114,7 @@ def _replicates(indices: Sequence[int]) -> np.ndarray:
 
 def default_jobs() -> int:
     """Worker processes used by default: one per core available to this process."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 def bootstrap(

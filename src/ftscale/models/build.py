@@ -33,23 +33,21 @@ from rich.progress import (
 )
 from transformers.utils import logging as hf_logging
 
+from ftscale.common import default_workers, threads_per_worker, write_json_atomic
 from ftscale.data import corpus
 from ftscale.models.ladder import (
     MANIFEST_FILE,
     LadderConfig,
     OnCheckpoint,
     RungConfig,
-    write_json_atomic,
 )
 from ftscale.models.pretrain import (
     PretrainRecipe,
     Shape,
     TokenData,
     count_params,
-    default_threads,
     pretrain,
     tokenize_corpus,
-    usable_cores,
 )
 from ftscale.models.tokenizer import cached_bpe, load_tokenizer
 
@@ -156,12 +154,6 @@ def _worker_job(out: str, rung: dict, recipe: dict, threads: int) -> str:
     return rung["name"]
 
 
-def default_workers(n_rungs: int, threads: int) -> int:
-    """Parallel rung processes: as many as fit the cores at ``threads`` each, at most one per
-    rung; 1 (in-process) for a single rung."""
-    return max(1, min(n_rungs, usable_cores() // max(1, threads)))
-
-
 def build_pretrained(
     config: LadderConfig,
     out: Path,
@@ -174,9 +166,10 @@ def build_pretrained(
 ) -> dict:
     """Train the tokenizer, pretrain every rung of ``config`` and write checkpoints into ``out``.
 
-    ``threads`` is torch threads per rung (default :func:`~ftscale.models.pretrain.
-    default_threads`), ``workers`` the rungs trained at once in separate processes (default
-    :func:`default_workers`). The tokenizer is reused from ``tokenizer_cache`` when one with the
+    ``threads`` is torch threads per rung (default :func:`ftscale.common.threads_per_worker`),
+    ``workers`` the rungs trained at once in separate processes (default
+    :func:`ftscale.common.default_workers`). The tokenizer is reused from ``tokenizer_cache`` when
+    one with the
     same vocabulary was trained on the same corpus (so ladders of equal vocabulary share token
     ids). Returns the ladder summary: relative checkpoint paths (rungs in config order), per-rung
     timings (training seconds, tokens/s, threads) and data sizes (tokens). Each checkpoint
@@ -185,7 +178,7 @@ def build_pretrained(
     """
     assert config.recipe is not None
     recipe_cfg = config.recipe
-    threads = threads or default_threads()
+    threads = threads or threads_per_worker()
     workers = workers or default_workers(len(config.rungs), threads)
     hf_logging.disable_progress_bar()  # our own bar; no per-save "Writing model shards" bars
     t0 = time.perf_counter()

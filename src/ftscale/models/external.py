@@ -18,8 +18,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ftscale.common import first_line, write_json_atomic
 from ftscale.errors import UserError
-from ftscale.models.ladder import MANIFEST_FILE, LadderConfig, OnCheckpoint, write_json_atomic
+from ftscale.models.ladder import MANIFEST_FILE, LadderConfig, OnCheckpoint
 from ftscale.models.pretrain import count_params, eval_loss
 
 
@@ -42,7 +43,7 @@ def _load_config(ref: str, revision: str | None):
     try:
         return AutoConfig.from_pretrained(ref, revision=revision)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         at = f"@{revision}" if revision else ""
         raise UserError(f"{ref}{at}: cannot load model config: {first}") from None
 
@@ -72,7 +73,7 @@ def validation_loss(ref: str, revision: str | None, val_tokens: int) -> float:
         tok = AutoTokenizer.from_pretrained(ref, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(ref, revision=revision)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"{ref}: cannot load model: {first}") from None
     seq_len = min(512, getattr(model.config, "max_position_embeddings", 512) or 512)
     ids: list[int] = []

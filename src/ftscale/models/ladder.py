@@ -38,6 +38,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import ftscale
+from ftscale.common import write_json_atomic
 from ftscale.errors import UserError
 
 #: Version of the on-disk ladder layout and of the pretraining code; part of every cache key.
@@ -346,13 +347,6 @@ def build_ladder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final, False
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as indented JSON to ``path`` via a temporary file and an atomic rename."""
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(part, path)
 
 
 #: Columns of ``ftscale ladder show`` (every row of :func:`read_ladder` has them): parameters

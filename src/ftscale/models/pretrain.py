@@ -10,7 +10,6 @@ linear warm-up then cosine decay to ``min_lr_ratio * lr``, gradient clipping at 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -312,18 +311,3 @@ def pretrain(
         torch.set_num_threads(previous_threads)
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-def default_threads() -> int:
-    """Threads for one pretraining process: 1 on a machine with at most 2 cores (the pilot and
-    ``benchmarks/bench_pretrain.py`` measured 2-10x slow-downs with 2 threads under other load),
-    else half the cores up to 4."""
-    cores = usable_cores()
-    if cores <= 2:
-        return 1
-    return min(4, cores // 2)

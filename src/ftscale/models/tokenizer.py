@@ -12,6 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ftscale.common import first_line
 from ftscale.errors import UserError
 
 #: End-of-text token: separates documents in pretraining and ends every target in finetuning.
@@ -93,5 +94,5 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"{path}: cannot load tokenizer: {first}") from None

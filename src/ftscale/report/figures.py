@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import LogLocator, NullFormatter
 
+from ftscale.common import first_line
 from ftscale.errors import UserError
 from ftscale.laws.compare import CriticalPoint, FitResult
 
@@ -34,7 +35,7 @@ def _save(fig, path: str | Path) -> Path:
         fig.savefig(tmp, dpi=150, bbox_inches="tight")
         tmp.replace(path)  # atomic: no half-written figure under the real name
     except ValueError as exc:  # unknown image format
-        raise UserError(f"{path}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{path}: {first_line(exc)}") from None
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)

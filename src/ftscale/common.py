@@ -1,0 +1,70 @@
+"""Small helpers every layer shares, one per idiom: the first line of an error, atomic writes, and
+the thread/worker policy for CPU work.
+
+Standard library only, so ``ftscale.laws`` (numpy/scipy only) and the CLI import it without cost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none.
+
+    Library errors (transformers, pandas, PEFT) often carry several lines or a traceback-like
+    dump; a user sees only the line that names the problem.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and an atomic
+    rename: a reader, or a process killed mid-write, sees the old file or the new one, never half
+    of one. The temporary file is removed on every failure path."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS has one (a container or
+    ``taskset`` limits it), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def threads_per_worker(cores: int | None = None) -> int:
+    """Torch threads for one worker process that runs beside others: 1 on a machine with at most
+    2 cores (on 2 cores, two one-thread processes beat one two-thread process, and a two-thread
+    process under any other load ran 2-10x slower; measured by ``benchmarks/bench_pretrain.py``),
+    else half the cores, at most 4 (small models stop gaining from more threads)."""
+    cores = usable_cores() if cores is None else cores
+    if cores <= 2:
+        return 1
+    return min(4, cores // 2)
+
+
+def default_workers(jobs: int, threads: int, cores: int | None = None) -> int:
+    """Worker processes for ``jobs`` independent jobs at ``threads`` threads each: as many as fit
+    the cores, at most one per job, at least 1."""
+    cores = usable_cores() if cores is None else cores
+    return max(1, min(jobs, cores // max(1, threads)))

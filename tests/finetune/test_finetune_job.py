@@ -1,0 +1,105 @@
+"""The run spec: JSON round trip, a key that changes exactly when the result would, and the CLI's
+``--print-job`` / ``--job`` pair giving the same record as the flags."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+from typer.testing import CliRunner
+
+from ftscale.cli import app
+from ftscale.errors import UserError
+from ftscale.finetune import TaskConfig, TrainConfig, make_method
+from ftscale.finetune.job import DataSource, FinetuneJob
+
+
+def _job(data_files, **train) -> FinetuneJob:
+    tr, dv, te = data_files
+    return FinetuneJob(
+        model="some/model",
+        method=make_method("lora", rank=2),
+        train=DataSource(str(tr)),
+        dev=DataSource(str(dv)),
+        test=DataSource(str(te)),
+        task=TaskConfig(template="{src} ="),
+        train_config=TrainConfig(examples=50, max_steps=4, **train),
+    )
+
+
+def test_round_trip_and_pickle(data_files):
+    job = _job(data_files)
+    again = FinetuneJob.from_json(job.to_json())
+    assert again == job and again.key == job.key
+    assert pickle.loads(pickle.dumps(job)) == job
+
+
+def test_key_ignores_threads_and_paths_but_not_results(data_files, tmp_path):
+    job = _job(data_files)
+    assert _job(data_files, threads=7).key == job.key  # run-time only
+    copy = tmp_path / "elsewhere.jsonl"
+    copy.write_bytes(data_files[0].read_bytes())
+    assert job.replace(train=DataSource(str(copy))).key == job.key  # same content, other path
+    for changed in (
+        job.replace(seed=1),
+        job.replace(examples=51),
+        job.replace(learning_rate=0.5),
+        job.replace(method=make_method("lora", rank=3)),
+        job.replace(template="{src} :"),
+        job.replace(revision="step1000"),
+        job.replace(train=DataSource(str(data_files[1]))),
+    ):
+        assert changed.key != job.key
+
+
+def test_bad_job_files_name_the_field(tmp_path):
+    bad = tmp_path / "job.json"
+    bad.write_text(json.dumps({"model": "m", "method": {"name": "lora"}}))
+    with pytest.raises(UserError, match=r"job.json: missing field 'train'"):
+        FinetuneJob.read(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(UserError, match="expected a JSON object"):
+        FinetuneJob.read(bad)
+    bad.write_text(json.dumps({"model": "m", "method": {"name": "nosuch"}, "train": {}}))
+    with pytest.raises(UserError, match="unknown finetuning method"):
+        FinetuneJob.read(bad)
+
+
+def test_print_job_then_job_runs_the_same_record(model_dir, data_files, tmp_path):
+    tr, dv, te = data_files
+    flags = [
+        "finetune",
+        "--model",
+        str(model_dir),
+        "--method",
+        "lora",
+        "--rank",
+        "2",
+        "--train",
+        str(tr),
+        "--dev",
+        str(dv),
+        "--test",
+        str(te),
+        "--examples",
+        "40",
+        "--max-steps",
+        "3",
+        "--gen-examples",
+        "2",
+        "--threads",
+        "1",
+    ]
+    runner = CliRunner()
+    printed = runner.invoke(app, [*flags, "--print-job"])
+    assert printed.exit_code == 0, printed.output
+    spec = json.loads(printed.stdout)
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(spec["job"]))
+    from_flags = runner.invoke(app, [*flags, "--json"])
+    from_file = runner.invoke(app, ["finetune", "--job", str(job_file), "--json"])
+    assert from_flags.exit_code == 0 and from_file.exit_code == 0, from_file.output
+    a, b = json.loads(from_flags.stdout), json.loads(from_file.stdout)
+    assert a["key"] == b["key"] == spec["key"]
+    assert a["test_nll"] == b["test_nll"] and a["job"] == b["job"]
