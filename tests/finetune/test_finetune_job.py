@@ -103,3 +103,21 @@ def test_print_job_then_job_runs_the_same_record(model_dir, data_files, tmp_path
     a, b = json.loads(from_flags.stdout), json.loads(from_file.stdout)
     assert a["key"] == b["key"] == spec["key"]
     assert a["test_nll"] == b["test_nll"] and a["job"] == b["job"]
+
+
+def test_lr_auto_searches_on_dev_and_records_the_search(base, tok, pairs):
+    from ftscale.finetune import finetune
+    from ftscale.finetune.lr_search import search_grid
+
+    train, dev, test = pairs
+    config = TrainConfig(examples=60, max_steps=12, learning_rate="auto", gen_examples=0)
+    record = finetune(base, tok, make_method("lora", rank=2), train, dev, test, config)
+    search = record.lr_search
+    assert search["grid"] == list(search_grid("lora")) and len(search["dev_nll"]) == 5
+    assert record.learning_rate == search["chosen"] in search["grid"]
+    scored = [s for s in search["dev_nll"] if s is not None]
+    if search["improved"]:
+        assert min(scored) < search["base_dev_nll"]
+        assert search["dev_nll"][search["grid"].index(search["chosen"])] == min(scored)
+    else:
+        assert search["chosen"] == search["grid"][0]

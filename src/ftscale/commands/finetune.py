@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -72,7 +73,10 @@ def finetune_command(
     ] = None,
     epochs: Annotated[float, typer.Option(help="Epochs when --max-steps is not given.")] = 5.0,
     lr: Annotated[
-        float | None, typer.Option(help="Peak learning rate (default per method).")
+        str | None,
+        typer.Option(
+            help="Peak learning rate, or 'auto' for a short search on dev (default per method)."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 16,
     optimizer: Annotated[str, typer.Option(help="adamw or adafactor.")] = "adamw",
@@ -159,7 +163,7 @@ def finetune_command(
                 examples=examples,
                 subset_seed=subset_seed,
                 seed=seed,
-                learning_rate=lr,
+                learning_rate=_learning_rate(lr),
                 optimizer=optimizer,
                 batch_size=batch_size,
                 max_steps=max_steps,
@@ -189,6 +193,19 @@ def finetune_command(
         _print_summary(record)
     if record.status != "ok":
         raise typer.Exit(1)
+
+
+def _learning_rate(text: str | None) -> float | str | None:
+    """--lr: a positive number or ``auto``."""
+    if text is None or text.strip().lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--lr {text!r}: expected a positive number or 'auto'") from None
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"--lr {text!r}: expected a positive number or 'auto'")
+    return value
 
 
 def _method(name: str, options: dict[str, Any], rank: int | None, prompt_length: int | None):

@@ -66,6 +66,7 @@ class RunRecord:
     truncated_sources: int = 0
     truncated_targets: int = 0
     learning_rate: float = 0.0
+    lr_search: dict[str, Any] | None = None
     optimizer: str = "adamw"
     batch_size: int = 0
     fast_head: bool = True

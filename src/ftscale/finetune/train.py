@@ -10,6 +10,7 @@ failed record instead of an exception.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import resource
 import time
@@ -63,7 +64,8 @@ class TrainConfig:
     Budget: ``max_steps`` optimizer steps if given, else ``max(min_steps, ceil(epochs * D_f /
     batch_size))``. ``batch_size`` is in examples.
     Optimisation: ``optimizer`` (``adamw`` or ``adafactor``), ``learning_rate`` (``None`` = the
-    method's default), ``weight_decay``, linear warmup over ``warmup_fraction`` of the steps then
+    method's default; ``"auto"`` = a short search on dev, :mod:`ftscale.finetune.lr_search`; else
+    the peak rate), ``weight_decay``, linear warmup over ``warmup_fraction`` of the steps then
     cosine decay to ``final_lr_fraction`` of the peak, gradient clipping at ``max_grad_norm``.
     Dev checks: every ``eval_every`` steps (``None`` = about ``evals`` checks per run) and at the
     end; stop after ``patience`` checks without improvement (``None`` = never stop early).
@@ -80,7 +82,7 @@ class TrainConfig:
     examples: int | None = None
     subset_seed: int = 0
     seed: int = 0
-    learning_rate: float | None = None
+    learning_rate: float | str | None = None
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     batch_size: int = 16
@@ -120,10 +122,13 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
         _check_int("gen_examples", self.gen_examples, minimum=0)
-        if self.learning_rate is not None and not (
-            math.isfinite(self.learning_rate) and self.learning_rate > 0
+        rate = self.learning_rate
+        if (
+            rate is not None
+            and rate != "auto"
+            and not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0)
         ):
-            raise UserError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+            raise UserError(f"learning_rate must be a positive number or 'auto', got {rate!r}")
         if not (math.isfinite(self.epochs) and self.epochs > 0):
             raise UserError(f"epochs must be a positive number, got {self.epochs!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
@@ -334,6 +339,22 @@ def run_finetune(
             raise UserError(f"{split}: no examples")
     examples = config.examples if config.examples is not None else len(train_pairs)
     subset = nested_subset(train_pairs, examples, config.subset_seed)
+    search = None
+    if config.learning_rate == "auto":
+        from ftscale.finetune.lr_search import search_learning_rate
+
+        search = search_learning_rate(
+            model,
+            tokenizer,
+            method,
+            subset,
+            dev_pairs,
+            config,
+            task,
+            gguf_file=gguf_file,
+            revision=revision,
+        )
+        config = dataclasses.replace(config, learning_rate=search.chosen)
 
     started = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -345,7 +366,7 @@ def run_finetune(
             # transformers name, and prompt tuning ignoring position ids during generation.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             warnings.filterwarnings("ignore", message="Position ids are not supported.*")
-            return _run(
+            result = _run(
                 model,
                 tokenizer,
                 method,
@@ -357,6 +378,8 @@ def run_finetune(
                 started,
                 (gguf_file, revision),
             )
+            result.record.lr_search = search.to_dict() if search else None
+            return result
     finally:
         if config.threads is not None:
             torch.set_num_threads(previous_threads)
