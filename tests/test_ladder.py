@@ -199,20 +199,25 @@ def test_external_missing_local_path_is_one_line(tmp_path):
     out = CliRunner().invoke(app, ["ladder", "build", str(config), "--cache", str(tmp_path),
                                    "--quiet"])
     assert out.exit_code == 2
-    assert out.output.strip() == "ftscale: error: ./no/such/model: no such local model directory"
-    assert not list((tmp_path / "ladders").iterdir())
+    assert out.output.strip() == (
+        "ftscale: error: ladder x: external 'a': ./no/such/model: no such local model directory")
+    assert not (tmp_path / "ladders").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ('name = "x"\n[recipe]\ntokens = 100\n',
+        ('name = "x"\n[recipe]\ntokens = 100000\n',
          "a pretrain ladder needs at least one [[rungs]] entry"),
-        ('name = "x"\n[recipe]\ntokens = 100\ncheckpoints = [200]\n'
+        ('name = "x"\n[recipe]\ntokens = 100000\ncheckpoints = [200000]\n'
          '[[rungs]]\nname="a"\nwidth=8\nlayers=1\nheads=2\nffn=8\n',
-         "recipe: checkpoint 200 tokens is beyond the budget of 100"),
-        ('name = "x"\n[recipe]\ntokens = 100\n[[rungs]]\nname="a"\nwidth=10\nlayers=1\n'
+         "recipe: checkpoint 200000 tokens is beyond the budget of 100000"),
+        ('name = "x"\n[recipe]\ntokens = 100000\n[[rungs]]\nname="a"\nwidth=10\nlayers=1\n'
          'heads=3\nffn=8\n', "rungs.0: width 10 is not divisible by heads 3"),
+        # Honest records: a step sees a whole batch, so a smaller budget cannot be recorded.
+        ('name = "x"\n[recipe]\ntokens = 10\n[[rungs]]\nname="a"\nwidth=8\nlayers=1\n'
+         'heads=2\nffn=8\n', "recipe: tokens 10 is less than one batch (batch_size 16 x seq_len"
+         " 128 = 2,048 tokens)"),
         ('name = "x"\n[tokenizer]\nvocab_size = 10\n', "tokenizer.vocab_size: Input should be"),
         ('name = "x"\nrecipie = 1\n', "recipie: Extra inputs are not permitted"),
         # A misspelt key comes first: it is why the real key looks missing.
