@@ -343,3 +343,57 @@ def test_count_params_untied_and_tied():
     untied = count_params(LlamaForCausalLM(cfg))
     assert untied == {"total": total + 300 * 32, "embedding": 2 * 300 * 32,
                       "nonembedding": nonemb}
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (from /proc; Linux)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_sigterm_cleans_up_like_ctrl_c_and_stops_workers(built, tmp_path):
+    """SIGTERM a `ladder build` with two worker processes after its first checkpoint: exit 143,
+    one line saying what was kept, no `.tmp-` folder, and no worker process left."""
+    toml = tmp_path / "term.toml"
+    toml.write_text(TOML.replace(f"tokens = {150 * STEP}", f"tokens = {600 * STEP}")
+                    .replace(f"checkpoints = [{60 * STEP}]", f"checkpoints = [{5 * STEP}]")
+                    .replace("workers = 1", "workers = 2")
+                    .replace('name = "test2"', 'name = "term"'), encoding="utf-8")
+    cache = built[1]  # shares the cached tokenizer with the fixture
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftscale", "ladder", "build", str(toml), "--cache", str(cache),
+         "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ladders = cache / "ladders"
+    deadline = time.monotonic() + 120
+    try:
+        while not list(ladders.glob(".tmp-term-*/*/tokens-*/manifest.json")):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint appeared within 120 s"
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert workers, "the build runs its rungs in worker processes"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 143, err
+    assert lines == [f"ftscale: interrupted; ladder term not built, its temporary folder removed;"
+                     f" the trained tokenizer is kept in {cache / 'tokenizers'}"], err
+    assert out == "" and "Traceback" not in err
+    assert list(ladders.glob("*term*")) == []
+    gone = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < gone:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the build"
