@@ -161,7 +161,8 @@ def doc_commands(path: Path) -> list[DocCommand]:
                     if segment:
                         cmd = _as_ftscale(segment)
                         if cmd is not None:
-                            found.append(DocCommand(rel, number, cmd, redirected=word in (">", ">>")))
+                            redirected = word in (">", ">>")
+                            found.append(DocCommand(rel, number, cmd, redirected=redirected))
                     segment = [] if word not in (">", ">>") else ["<redirect>"]
                 else:
                     segment.append(word)
@@ -336,11 +337,11 @@ def _runnable(command: DocCommand, cwd: Path) -> str | None:
         path = Path(os.path.expanduser(word))
         looks_like_file = "/" in word or re.search(r"\.(csv|tsv|jsonl?|parquet|toml)$", word)
         if looks_like_file and not word.startswith(("builtin:", "hf:")) and not (
-                (cwd / path).exists() or path.is_absolute() and path.exists()):
+                (cwd / path).exists() or (path.is_absolute() and path.exists())):
             return f"needs {word}, not here"
     if name == "ladder show":
-        from ftscale.models.ladder_config import resolve_ladder
         from ftscale.errors import UserError
+        from ftscale.models.ladder_config import resolve_ladder
 
         target = next(w for w in check_options(cmd, rest))
         try:
