@@ -397,3 +397,44 @@ def test_sigterm_cleans_up_like_ctrl_c_and_stops_workers(built, tmp_path):
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < gone:
         time.sleep(0.2)
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the build"
+
+
+def test_val_tokens_beyond_held_out_text_refused_with_exact_numbers(built):
+    """Between the byte bound and the real token count: refused after tokenization, before any
+    rung is trained or any ladder folder is made, with the held-out text's exact size."""
+    from ftscale.data import corpus
+    from ftscale.models.tokenizer import load_tokenizer
+
+    cache = built[1]
+    (tok_dir,) = (cache / "tokenizers").glob(f"bpe-{V}-*")
+    tok = load_tokenizer(tok_dir)
+    val_ids = sum(len(e.ids) + 1 for e in tok.backend_tokenizer.encode_batch(
+        corpus.pretraining_documents("val"), add_special_tokens=False))
+    blocks = val_ids // SEQ
+    base = ld.load_config(built[0])
+    config = base.model_copy(update={
+        "name": "val", "recipe": base.recipe.model_copy(update={"val_tokens": (blocks + 1) * SEQ})})
+    before = sorted(p.name for p in (cache / "ladders").iterdir())
+    with pytest.raises(UserError) as info:
+        ld.build_ladder(config, cache, progress=False)
+    assert str(info.value) == (
+        f"ladder val: recipe.val_tokens: {(blocks + 1) * SEQ:,} is more than the held-out text "
+        f"has ({blocks:,} blocks of {SEQ} = {blocks * SEQ:,} tokens)")
+    assert sorted(p.name for p in (cache / "ladders").iterdir()) == before
+
+
+def test_batch_needs_that_many_distinct_blocks():
+    """A step must see ``batch_size`` distinct blocks, else it would record tokens it never saw."""
+    from ftscale.models.build import check_blocks
+    from ftscale.models.pretrain import TokenData
+
+    config = ld.parse_config({"name": "b", "recipe": {"tokens": 4096, "batch_size": 4,
+                                                      "seq_len": 8, "val_tokens": 8},
+                              "rungs": [{"name": "a", "width": 8, "layers": 1, "heads": 2,
+                                         "ffn": 8}]})
+    check_blocks(config, TokenData(train=torch.zeros(4, 8, dtype=torch.long),
+                                   val=torch.zeros(1, 8, dtype=torch.long)))
+    with pytest.raises(UserError, match=r"recipe\.batch_size: 4 sequences per step, but the "
+                                        r"pretraining text makes only 3 blocks of 8 tokens"):
+        check_blocks(config, TokenData(train=torch.zeros(3, 8, dtype=torch.long),
+                                       val=torch.zeros(1, 8, dtype=torch.long)))
