@@ -190,8 +190,8 @@ def resolve(words: list[str]) -> tuple:
     names: list[str] = []
     rest = [w.strip("[]") for w in words]
     while _is_group(group):
-        if not rest or rest[0].startswith("-"):
-            return " ".join(names), group, rest
+        if not rest or rest[0].startswith("-") or PLACEHOLDER.match(rest[0]):
+            return " ".join(names), group, rest  # `ftscale COMMAND --help`: any sub-command
         if rest[0] not in group.commands:
             raise AssertionError(f"{' '.join(names) or 'ftscale'}: no sub-command {rest[0]!r}")
         group = group.commands[rest[0]]
@@ -250,7 +250,10 @@ def test_documented_command_line_is_valid(command):
     """(a) Each documented ``ftscale`` line names a real sub-command and real options."""
     try:
         name, cmd, rest = resolve(command.words)
-        assert not _is_group(cmd) or "--help" in rest, f"{name}: needs a sub-command"
+        if _is_group(cmd):
+            assert "--help" in rest or (rest and PLACEHOLDER.match(rest[0])), (
+                f"{name or 'ftscale'}: needs a sub-command")
+            return
         check_options(cmd, rest)
     except AssertionError as exc:
         pytest.fail(f"{command}: {exc}")
