@@ -438,3 +438,13 @@ def test_batch_needs_that_many_distinct_blocks():
                                         r"pretraining text makes only 3 blocks of 8 tokens"):
         check_blocks(config, TokenData(train=torch.zeros(3, 8, dtype=torch.long),
                                        val=torch.zeros(1, 8, dtype=torch.long)))
+
+
+def test_library_refuses_negative_run_settings_before_writing(tmp_path):
+    config = ld.parse_config({"name": "n", "recipe": {"tokens": 4096},
+                              "rungs": [{"name": "a", "width": 8, "layers": 1, "heads": 2,
+                                         "ffn": 8}]})
+    for kw in ({"workers": -1}, {"threads": -2}):
+        with pytest.raises(UserError, match=f"{next(iter(kw))} must be 0 .* got -"):
+            ld.build_ladder(config, tmp_path / "c", progress=False, **kw)
+    assert not (tmp_path / "c").exists()
