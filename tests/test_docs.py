@@ -393,6 +393,7 @@ def test_cheap_documented_commands_run(tmp_path):
     assert {"fit", "critical"} & set(ran), skipped
 
 
+@pytest.mark.slow
 def test_regenerated_tables_are_current():
     """The docs tables ``scripts/regen_docs.py`` writes match what the code gives now. Blocks
     that need the default ladder are checked when it is in the cache (the script says so)."""

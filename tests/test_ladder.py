@@ -358,6 +358,7 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_sigterm_cleans_up_like_ctrl_c_and_stops_workers(built, tmp_path):
     """SIGTERM a `ladder build` with two worker processes after its first checkpoint: exit 143,
