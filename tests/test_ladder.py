@@ -325,9 +325,12 @@ def test_killed_build_leaves_no_usable_entry(built, tmp_path):
     def stop(*_):
         raise KeyboardInterrupt
 
+    dead_tokenizer = cache / "tokenizers" / f".tmp-bpe-{V}-0123456789abcdef-{2**22 + 7}-0badc0de"
+    dead_tokenizer.mkdir()  # a tokenizer half-saved by a killed process (pid beyond pid_max)
     with pytest.raises(KeyboardInterrupt):  # a new build first clears the dead build's leftovers
         ld.build_ladder(config, cache, progress=False, on_checkpoint=stop)
     assert list(ladders.glob("*kill*")) == []
+    assert not dead_tokenizer.exists()
 
 
 def test_count_params_untied_and_tied():

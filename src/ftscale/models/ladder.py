@@ -92,6 +92,19 @@ def _remove_stale_tmp(final: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _remove_stale_tokenizer_tmp(tokenizers: Path) -> None:
+    """Remove half-saved tokenizers (``.tmp-bpe-<vocab>-<key>-<pid>-<random>``, written by
+    :func:`ftscale.models.tokenizer.cached_bpe`) whose process is gone."""
+    if not tokenizers.is_dir():
+        return
+    for tmp in tokenizers.glob(".tmp-bpe-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 2)[1])
+        except (IndexError, ValueError):
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
 
 def _check_run_settings(threads: int | None, workers: int | None) -> None:
     for name, value in (("threads", threads), ("workers", workers)):
@@ -138,6 +151,7 @@ def build_ladder(
         check_external(config)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(final)
+    _remove_stale_tokenizer_tmp(tokenizers)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
