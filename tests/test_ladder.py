@@ -199,20 +199,25 @@ def test_external_missing_local_path_is_one_line(tmp_path):
     out = CliRunner().invoke(app, ["ladder", "build", str(config), "--cache", str(tmp_path),
                                    "--quiet"])
     assert out.exit_code == 2
-    assert out.output.strip() == "ftscale: error: ./no/such/model: no such local model directory"
-    assert not list((tmp_path / "ladders").iterdir())
+    assert out.output.strip() == (
+        "ftscale: error: ladder x: external 'a': ./no/such/model: no such local model directory")
+    assert not (tmp_path / "ladders").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ('name = "x"\n[recipe]\ntokens = 100\n',
+        ('name = "x"\n[recipe]\ntokens = 100000\n',
          "a pretrain ladder needs at least one [[rungs]] entry"),
-        ('name = "x"\n[recipe]\ntokens = 100\ncheckpoints = [200]\n'
+        ('name = "x"\n[recipe]\ntokens = 100000\ncheckpoints = [200000]\n'
          '[[rungs]]\nname="a"\nwidth=8\nlayers=1\nheads=2\nffn=8\n',
-         "recipe: checkpoint 200 tokens is beyond the budget of 100"),
-        ('name = "x"\n[recipe]\ntokens = 100\n[[rungs]]\nname="a"\nwidth=10\nlayers=1\n'
+         "recipe: checkpoint 200000 tokens is beyond the budget of 100000"),
+        ('name = "x"\n[recipe]\ntokens = 100000\n[[rungs]]\nname="a"\nwidth=10\nlayers=1\n'
          'heads=3\nffn=8\n', "rungs.0: width 10 is not divisible by heads 3"),
+        # Honest records: a step sees a whole batch, so a smaller budget cannot be recorded.
+        ('name = "x"\n[recipe]\ntokens = 10\n[[rungs]]\nname="a"\nwidth=8\nlayers=1\n'
+         'heads=2\nffn=8\n', "recipe: tokens 10 is less than one batch (batch_size 16 x seq_len"
+         " 128 = 2,048 tokens)"),
         ('name = "x"\n[tokenizer]\nvocab_size = 10\n', "tokenizer.vocab_size: Input should be"),
         ('name = "x"\nrecipie = 1\n', "recipie: Extra inputs are not permitted"),
         # A misspelt key comes first: it is why the real key looks missing.
@@ -320,9 +325,12 @@ def test_killed_build_leaves_no_usable_entry(built, tmp_path):
     def stop(*_):
         raise KeyboardInterrupt
 
+    dead_tokenizer = cache / "tokenizers" / f".tmp-bpe-{V}-0123456789abcdef-{2**22 + 7}-0badc0de"
+    dead_tokenizer.mkdir()  # a tokenizer half-saved by a killed process (pid beyond pid_max)
     with pytest.raises(KeyboardInterrupt):  # a new build first clears the dead build's leftovers
         ld.build_ladder(config, cache, progress=False, on_checkpoint=stop)
     assert list(ladders.glob("*kill*")) == []
+    assert not dead_tokenizer.exists()
 
 
 def test_count_params_untied_and_tied():
@@ -338,3 +346,109 @@ def test_count_params_untied_and_tied():
     untied = count_params(LlamaForCausalLM(cfg))
     assert untied == {"total": total + 300 * 32, "embedding": 2 * 300 * 32,
                       "nonembedding": nonemb}
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (from /proc; Linux)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_sigterm_cleans_up_like_ctrl_c_and_stops_workers(built, tmp_path):
+    """SIGTERM a `ladder build` with two worker processes after its first checkpoint: exit 143,
+    one line saying what was kept, no `.tmp-` folder, and no worker process left."""
+    toml = tmp_path / "term.toml"
+    toml.write_text(TOML.replace(f"tokens = {150 * STEP}", f"tokens = {600 * STEP}")
+                    .replace(f"checkpoints = [{60 * STEP}]", f"checkpoints = [{5 * STEP}]")
+                    .replace("workers = 1", "workers = 2")
+                    .replace('name = "test2"', 'name = "term"'), encoding="utf-8")
+    cache = built[1]  # shares the cached tokenizer with the fixture
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftscale", "ladder", "build", str(toml), "--cache", str(cache),
+         "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ladders = cache / "ladders"
+    deadline = time.monotonic() + 120
+    try:
+        while not list(ladders.glob(".tmp-term-*/*/tokens-*/manifest.json")):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint appeared within 120 s"
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert workers, "the build runs its rungs in worker processes"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 143, err
+    assert lines == [f"ftscale: interrupted; ladder term not built, its temporary folder removed;"
+                     f" the trained tokenizer is kept in {cache / 'tokenizers'}"], err
+    assert out == "" and "Traceback" not in err
+    assert list(ladders.glob("*term*")) == []
+    gone = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < gone:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the build"
+
+
+def test_val_tokens_beyond_held_out_text_refused_with_exact_numbers(built):
+    """Between the byte bound and the real token count: refused after tokenization, before any
+    rung is trained or any ladder folder is made, with the held-out text's exact size."""
+    from ftscale.data import corpus
+    from ftscale.models.tokenizer import load_tokenizer
+
+    cache = built[1]
+    (tok_dir,) = (cache / "tokenizers").glob(f"bpe-{V}-*")
+    tok = load_tokenizer(tok_dir)
+    val_ids = sum(len(e.ids) + 1 for e in tok.backend_tokenizer.encode_batch(
+        corpus.pretraining_documents("val"), add_special_tokens=False))
+    blocks = val_ids // SEQ
+    base = ld.load_config(built[0])
+    config = base.model_copy(update={
+        "name": "val", "recipe": base.recipe.model_copy(update={"val_tokens": (blocks + 1) * SEQ})})
+    before = sorted(p.name for p in (cache / "ladders").iterdir())
+    with pytest.raises(UserError) as info:
+        ld.build_ladder(config, cache, progress=False)
+    assert str(info.value) == (
+        f"ladder val: recipe.val_tokens: {(blocks + 1) * SEQ:,} is more than the held-out text "
+        f"has ({blocks:,} blocks of {SEQ} = {blocks * SEQ:,} tokens)")
+    assert sorted(p.name for p in (cache / "ladders").iterdir()) == before
+
+
+def test_batch_needs_that_many_distinct_blocks():
+    """A step must see ``batch_size`` distinct blocks, else it would record tokens it never saw."""
+    from ftscale.models.build import check_blocks
+    from ftscale.models.pretrain import TokenData
+
+    config = ld.parse_config({"name": "b", "recipe": {"tokens": 4096, "batch_size": 4,
+                                                      "seq_len": 8, "val_tokens": 8},
+                              "rungs": [{"name": "a", "width": 8, "layers": 1, "heads": 2,
+                                         "ffn": 8}]})
+    check_blocks(config, TokenData(train=torch.zeros(4, 8, dtype=torch.long),
+                                   val=torch.zeros(1, 8, dtype=torch.long)))
+    with pytest.raises(UserError, match=r"recipe\.batch_size: 4 sequences per step, but the "
+                                        r"pretraining text makes only 3 blocks of 8 tokens"):
+        check_blocks(config, TokenData(train=torch.zeros(3, 8, dtype=torch.long),
+                                       val=torch.zeros(1, 8, dtype=torch.long)))
+
+
+def test_library_refuses_negative_run_settings_before_writing(tmp_path):
+    config = ld.parse_config({"name": "n", "recipe": {"tokens": 4096},
+                              "rungs": [{"name": "a", "width": 8, "layers": 1, "heads": 2,
+                                         "ffn": 8}]})
+    for kw in ({"workers": -1}, {"threads": -2}):
+        with pytest.raises(UserError, match=f"{next(iter(kw))} must be 0 .* got -"):
+            ld.build_ladder(config, tmp_path / "c", progress=False, **kw)
+    assert not (tmp_path / "c").exists()

@@ -133,3 +133,44 @@ def test_assign_splits_keeps_groups_whole(group_ids):
         assert label_of.setdefault(group, label) == label
     assert "test" in labels  # the first group always goes to test
     assert assign_splits(groups) == labels
+
+
+def test_csv_pair_text_na_none_is_text_not_missing(tmp_path):
+    """`NA`, `None`, `null` and number-like cells of a pair are text as written."""
+    path = tmp_path / "na.csv"
+    path.write_text("source,target,split\nhello,NA,test\nworld,None,test\nzero,007,test\n"
+                    "n,null,train\n", encoding="utf-8")
+    assert [(p.source, p.target) for p in load_task(str(path), "test")] == [
+        ("hello", "NA"), ("world", "None"), ("zero", "007")]
+    from ftscale.data.pairs import read_pairs
+
+    assert [p.target for p in read_pairs(path)] == ["NA", "None", "007", "null"]
+
+
+def test_numeric_tables_keep_pandas_missing_values(tmp_path):
+    """Runs tables (read by `fit`) still parse numbers and read `NA` as missing."""
+    from ftscale.data.tables import read_table
+
+    path = tmp_path / "runs.csv"
+    path.write_text("examples,test_nll\n100,NA\n200,2.5\n", encoding="utf-8")
+    frame = read_table(path)
+    assert frame["examples"].tolist() == [100, 200] and frame["test_nll"].isna().tolist() == [
+        True, False]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_json_array_and_json_lines_both_read_by_content(tmp_path, suffix):
+    from ftscale.data.tables import read_table
+
+    rows = [{"source": f"s{i}", "target": "2024" if i == 0 else f"t{i}"} for i in range(3)]
+    as_array, as_lines = tmp_path / f"a{suffix}", tmp_path / f"l{suffix}"
+    as_array.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    as_lines.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
+    for path in (as_array, as_lines):
+        frame = read_table(path)
+        assert frame.to_dict("records") == rows  # "2024" stays text, not a number
+    # a JSON-lines file whose first line is an array is not taken for one array
+    mixed = tmp_path / f"m{suffix}"
+    mixed.write_text('[1]\n{"source": "a"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"line 1: expected a JSON object, got an array"):
+        read_table(mixed)

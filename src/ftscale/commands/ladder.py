@@ -8,6 +8,10 @@ from typing import Annotated
 
 import typer
 
+#: Where the cache is when ``--cache`` is not given (as :func:`ftscale.models.ladder.cache_root`).
+CACHE_DEFAULT = "default: $FTSCALE_CACHE, else $XDG_CACHE_HOME/ftscale, else ~/.cache/ftscale"
+CACHE_HELP = f"Cache root ({CACHE_DEFAULT})."
+
 
 def register(app: typer.Typer) -> None:
     """Attach the ``ladder`` sub-command group to ``app``."""
@@ -18,13 +22,17 @@ def register(app: typer.Typer) -> None:
         file: Annotated[Path, typer.Argument(help="Ladder TOML file.")],
         cache: Annotated[
             Path | None,
-            typer.Option(help="Cache root (default: $FTSCALE_CACHE or ~/.cache/ftscale)."),
+            typer.Option(help=CACHE_HELP),
         ] = None,
         threads: Annotated[
-            int, typer.Option(help="torch threads for pretraining (0: the config's, else auto).")
+            int,
+            typer.Option(help="torch threads per rung process (0: the config's, else auto).",
+                         min=0),
         ] = 0,
         workers: Annotated[
-            int, typer.Option(help="Rungs pretrained at once in separate processes (0: auto).")
+            int,
+            typer.Option(help="Rungs pretrained at once in separate processes (0: the config's,"
+                              " else auto).", min=0),
         ] = 0,
         force: Annotated[bool, typer.Option(help="Rebuild even if cached.")] = False,
         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -52,11 +60,13 @@ def register(app: typer.Typer) -> None:
     def show(
         path: Annotated[Path, typer.Argument(help="Ladder directory, or a ladder TOML file.")],
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
-        cache: Annotated[Path | None, typer.Option(help="Cache root for a TOML file.")] = None,
+        cache: Annotated[
+            Path | None, typer.Option(help="Cache root for a TOML file; " + CACHE_DEFAULT + ".")
+        ] = None,
     ) -> None:
         """List every checkpoint: rung, tokens_seen, total_params, nonembedding_params,
         train_loss, val_loss, path."""
-        from ftscale.models.ladder import SHOW_COLUMNS, read_ladder
+        from ftscale.models.ladder_config import SHOW_COLUMNS, read_ladder
 
         rows = [{k: row.get(k) for k in SHOW_COLUMNS} for row in read_ladder(path, cache)]
         if as_json:

@@ -22,11 +22,26 @@ class Pair:
 def read_pairs(path: str | Path, source: str = "source", target: str = "target") -> list[Pair]:
     """Read (source, target) pairs from a JSONL, CSV or Parquet file.
 
-    ``source`` and ``target`` name the columns (JSON keys) holding the two texts. Raises a one-line
-    :class:`~ftscale.errors.UserError` for a missing file or column, an empty file, or a row whose
-    source or target is missing or not text.
+    ``source`` and ``target`` name the columns (JSON keys) holding the two texts; CSV/TSV cells
+    are read as written (``NA`` or ``None`` is text, see :func:`read_table`). Raises a one-line
+    :class:`~ftscale.errors.UserError` for a missing file or column, an empty file, a row whose
+    source or target is missing or not text, or pairs with a blank source or target (with the
+    count and the first row).
     """
-    return pairs_from_frame(read_table(path), source, target, path)
+    pairs = pairs_from_frame(read_table(path, text=True), source, target, path)
+    check_nonempty(pairs, path)
+    return pairs
+
+
+def check_nonempty(pairs: list[Pair], origin: str | Path) -> None:
+    """Raise one :class:`UserError` line when some pairs have a blank source or target, with the
+    count and the first such row (rows counted from 1): nothing can be learnt from them."""
+    empty = [i for i, p in enumerate(pairs, 1) if not p.source.strip() or not p.target.strip()]
+    if empty:
+        raise UserError(
+            f"{origin}: {len(empty)} empty pair(s) (blank source or target), "
+            f"first at row {empty[0]}"
+        )
 
 
 def pairs_from_frame(

@@ -1,7 +1,14 @@
-"""Read a table of rows (CSV, Parquet or JSONL) with errors a user can act on."""
+"""Read a table of rows (CSV, TSV, Parquet, JSON lines or a JSON array) with errors a user can act
+on.
+
+Row numbers in every error of :mod:`ftscale.data` count the table's rows from 1 in file order, the
+header not counted: row 1 is the first data line of a CSV file and the first object of a JSON
+file. Errors about a JSON line that is not an object name the file's line (from 1) instead.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -15,17 +22,24 @@ TABLE_FORMATS = {
     ".tsv": "tsv",
     ".parquet": "parquet",
     ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".json": "json",
 }
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV, TSV, Parquet or JSONL (one JSON object per line) file into a DataFrame.
+def read_table(path: str | Path, *, text: bool = False) -> pd.DataFrame:
+    """Read a CSV, TSV, Parquet or JSON file into a DataFrame.
 
-    The format is taken from the suffix. Raises :class:`~ftscale.errors.UserError` with one line
-    naming the file when it is missing, of an unknown format, unreadable or has no rows.
+    The format is taken from the suffix. A JSON file (``.json``, ``.jsonl``, ``.ndjson``) is read
+    by content: a JSON array of objects (``[{...}, {...}]``) or JSON lines (one object per line,
+    blank lines skipped); each object is a row and its keys the columns. With ``text=True`` every
+    CSV/TSV cell is read as the text written there (``NA``, ``None``, ``null`` or ``123`` stay
+    text, an empty cell is ``""``), as text columns of pairs need; otherwise pandas' defaults
+    apply (numbers parsed, ``NA`` and empty cells missing), as numeric tables need.
+
+    Raises :class:`~ftscale.errors.UserError` with one line naming the file when it is missing,
+    of an unknown format, unreadable (the JSON line or record at fault named) or has no rows.
     """
     path = Path(path)
     if not path.exists():
@@ -36,23 +50,73 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if fmt is None:
         known = ", ".join(sorted(TABLE_FORMATS))
         raise UserError(f"{path}: unknown table format {path.suffix!r} (known: {known})")
+    as_text = {"dtype": str, "keep_default_na": False} if text else {}
     try:
         if fmt == "csv":
-            frame = pd.read_csv(path)
+            frame = pd.read_csv(path, **as_text)
         elif fmt == "tsv":
-            frame = pd.read_csv(path, sep="\t")
+            frame = pd.read_csv(path, sep="\t", **as_text)
         elif fmt == "parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_json(path, lines=True)
+            frame = read_json_records(path)
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: file is empty") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
+        if isinstance(exc, UserError):
+            raise
         first = first_line(exc)
         raise UserError(f"{path}: cannot read as {fmt}: {first}") from None
     if frame.empty:
         raise UserError(f"{path}: table has no rows")
     return frame
+
+
+def read_json_records(path: Path) -> pd.DataFrame:
+    """Rows of a JSON file: a JSON array of objects, or JSON lines (one object per line).
+
+    Read with the standard ``json`` module, not ``pandas.read_json``, so values keep their JSON
+    types (a target ``"2024"`` stays text; ``null`` is missing) and an element that is not an
+    object is named by its line or position rather than failing inside pandas.
+    """
+    content = path.read_text(encoding="utf-8")
+    if not content.strip():
+        raise pd.errors.EmptyDataError
+    if content.lstrip().startswith("["):
+        try:
+            whole = json.loads(content)
+        except ValueError:
+            whole = None  # not one array: JSON lines whose first line is an array, say
+        if isinstance(whole, list):
+            for i, record in enumerate(whole, start=1):
+                if not isinstance(record, dict):
+                    raise UserError(
+                        f"{path}: record {i} of the JSON array is {_kind(record)}, "
+                        "expected an object"
+                    )
+            return pd.DataFrame.from_records(whole)
+    records = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{path}: line {number}: not valid JSON ({first_line(exc)})") from None
+        if not isinstance(record, dict):
+            raise UserError(
+                f"{path}: line {number}: expected a JSON object, got {_kind(record)}"
+            )
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _kind(value: object) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], source: str | Path) -> None:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from ftscale.common import first_line
 from ftscale.data import corpus
-from ftscale.data.pairs import Pair, pairs_from_frame
+from ftscale.data.pairs import Pair, check_nonempty, pairs_from_frame
 from ftscale.data.tables import read_table, require_columns
 from ftscale.errors import UserError
 
@@ -91,7 +91,7 @@ def load_task(
         raise UserError(f"{spec}: unknown split {split!r} (use: {', '.join(SPLITS)})")
     if spec.startswith("builtin:"):
         return builtin_pairs(spec.removeprefix("builtin:"), split)
-    frame = _read_hf(spec) if spec.startswith("hf:") else read_table(spec)
+    frame = _read_hf(spec) if spec.startswith("hf:") else read_table(spec, text=True)
     return split_frame(frame, split, source=source, target=target, group=group, origin=spec)
 
 
@@ -123,12 +123,7 @@ def _read_hf(spec: str) -> pd.DataFrame:
 def validate_pairs(pairs: Sequence[Pair], origin: str) -> None:
     """Raise one :class:`UserError` line when some pairs are empty (blank source or target) or
     duplicated, giving the counts and the first offending row (1-based)."""
-    empty = [i for i, p in enumerate(pairs, 1) if not p.source.strip() or not p.target.strip()]
-    if empty:
-        raise UserError(
-            f"{origin}: {len(empty)} empty pair(s) (blank source or target), "
-            f"first at row {empty[0]}"
-        )
+    check_nonempty(pairs, origin)
     seen: dict[tuple[str, str], int] = {}
     dups = []
     for i, p in enumerate(pairs, 1):

@@ -1,7 +1,8 @@
 """Building a pretrained ladder: tokenizer, token blocks, every rung, manifests (into a directory).
 
-Called by :func:`ftscale.models.ladder.build_ladder`, which owns the cache and atomicity; this
-module only fills the directory it is given.
+Called by :func:`ftscale.models.ladder.build_ladder`, which owns the cache and atomicity: first
+:func:`prepare_pretraining` (tokenizer and token blocks, checked against the recipe before any
+pretraining), then :func:`build_pretrained`, which only fills the directory it is given.
 
 Rungs are independent, so with ``workers > 1`` they are pretrained in parallel single-process
 jobs (``spawn`` start method), longest first: on a small CPU several one-thread processes use the
@@ -19,6 +20,7 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,10 +37,12 @@ from transformers.utils import logging as hf_logging
 
 from ftscale.common import default_workers, threads_per_worker, write_json_atomic
 from ftscale.data import corpus
-from ftscale.models.ladder import (
+from ftscale.errors import UserError
+from ftscale.models.ladder_config import (
     MANIFEST_FILE,
     LadderConfig,
     OnCheckpoint,
+    RecipeConfig,
     RungConfig,
 )
 from ftscale.models.pretrain import (
@@ -154,51 +158,141 @@ def _worker_job(out: str, rung: dict, recipe: dict, threads: int) -> str:
     return rung["name"]
 
 
+@dataclass
+class Prepared:
+    """What every rung of a pretrained ladder shares, made before any directory is written: the
+    tokenizer, the token blocks and the seconds it took (``data_s``)."""
+
+    tokenizer: object
+    data: TokenData
+    data_s: float
+
+
+def _upper_bound_tokens(docs: list[str]) -> int:
+    """An upper bound on the tokens of ``docs`` in any byte-level BPE: every token is at least
+    one byte, plus one end-of-text token per line at most (passages and documents end in one)."""
+    return sum(len(d.encode("utf-8")) + d.count("\n") + 1 for d in docs)
+
+
+def _refuse(config: LadderConfig, field: str, message: str) -> UserError:
+    return UserError(f"ladder {config.name}: recipe.{field}: {message}")
+
+
+def check_corpus_bounds(config: LadderConfig, train_docs: list[str], val_docs: list[str]) -> None:
+    """Refuse, before any tokenizer is trained, a recipe the corpus cannot honour in any
+    tokenizer: one batch larger than the whole pretraining text, or more validation tokens than
+    the held-out text has (upper bounds from byte counts; exact counts follow tokenization)."""
+    recipe = config.recipe
+    assert recipe is not None
+    train_max, val_max = _upper_bound_tokens(train_docs), _upper_bound_tokens(val_docs)
+    if recipe.tokens_per_step > train_max:
+        raise _refuse(config, "batch_size", (
+            f"one batch (batch_size {recipe.batch_size:,} x seq_len {recipe.seq_len:,} = "
+            f"{recipe.tokens_per_step:,} tokens) is more than the whole pretraining text "
+            f"(at most {train_max:,} tokens)"))
+    if recipe.val_tokens > val_max:
+        raise _refuse(config, "val_tokens", (
+            f"{recipe.val_tokens:,} is more than the held-out text has "
+            f"(at most {val_max:,} tokens)"))
+
+
+def check_blocks(config: LadderConfig, data: TokenData) -> None:
+    """Refuse a recipe the tokenized corpus cannot honour exactly: a batch needs ``batch_size``
+    distinct training blocks (else a step would see fewer tokens than the ladder records), and
+    ``val_tokens`` must fit in the held-out blocks (else fewer would be used than asked)."""
+    recipe: RecipeConfig = config.recipe  # type: ignore[assignment]
+    seq = recipe.seq_len
+    if len(data.train) < recipe.batch_size:
+        raise _refuse(config, "batch_size", (
+            f"{recipe.batch_size:,} sequences per step, but the pretraining text makes only "
+            f"{len(data.train):,} blocks of {seq} tokens ({len(data.train) * seq:,} tokens)"))
+    wanted = recipe.val_tokens // seq
+    if len(data.val) < wanted:
+        raise _refuse(config, "val_tokens", (
+            f"{recipe.val_tokens:,} is more than the held-out text has "
+            f"({len(data.val):,} blocks of {seq} = {len(data.val) * seq:,} tokens)"))
+
+
+def prepare_pretraining(config: LadderConfig, tokenizer_cache: Path | None = None) -> Prepared:
+    """Check the recipe against the corpus, train (or reuse) the tokenizer and cut the token
+    blocks; nothing is written except a tokenizer newly trained into ``tokenizer_cache``.
+
+    The tokenizer is reused from ``tokenizer_cache`` when one with the same vocabulary was
+    trained on the same corpus (so ladders of equal vocabulary share token ids). Raises a
+    one-line :class:`UserError` naming the recipe field when the corpus cannot honour it.
+    """
+    assert config.recipe is not None
+    recipe = config.recipe
+    t0 = time.perf_counter()
+    train_docs = corpus.pretraining_documents("train")
+    val_docs = corpus.pretraining_documents("val")
+    check_corpus_bounds(config, train_docs, val_docs)
+    tokenizer = cached_bpe(
+        train_docs, config.tokenizer.vocab_size, corpus.corpus_fingerprint(), tokenizer_cache
+    )
+    data = tokenize_corpus(
+        tokenizer, train_docs, val_docs, seq_len=recipe.seq_len,
+        train_tokens=recipe.tokens, val_tokens=recipe.val_tokens, seed=recipe.seed,
+    )
+    check_blocks(config, data)
+    return Prepared(tokenizer=tokenizer, data=data, data_s=time.perf_counter() - t0)
+
+
 def build_pretrained(
     config: LadderConfig,
     out: Path,
+    prepared: Prepared,
     *,
     threads: int | None = None,
     workers: int | None = None,
     progress: bool = True,
     on_checkpoint: OnCheckpoint | None = None,
-    tokenizer_cache: Path | None = None,
 ) -> dict:
-    """Train the tokenizer, pretrain every rung of ``config`` and write checkpoints into ``out``.
+    """Pretrain every rung of ``config`` on ``prepared`` data and write checkpoints into ``out``.
 
     ``threads`` is torch threads per rung (default :func:`ftscale.common.threads_per_worker`),
     ``workers`` the rungs trained at once in separate processes (default
-    :func:`ftscale.common.default_workers`). The tokenizer is reused from ``tokenizer_cache`` when
-    one with the
-    same vocabulary was trained on the same corpus (so ladders of equal vocabulary share token
-    ids). Returns the ladder summary: relative checkpoint paths (rungs in config order), per-rung
-    timings (training seconds, tokens/s, threads) and data sizes (tokens). Each checkpoint
-    directory holds the model (``config.json``, ``model.safetensors``), the tokenizer and
-    ``manifest.json``.
+    :func:`ftscale.common.default_workers`). Returns the ladder summary: relative checkpoint
+    paths (rungs in config order), per-rung timings (training seconds, tokens/s, threads) and
+    data sizes (tokens). Each checkpoint directory holds the model (``config.json``,
+    ``model.safetensors``), the tokenizer and ``manifest.json``.
     """
     assert config.recipe is not None
     recipe_cfg = config.recipe
     threads = threads or threads_per_worker()
     workers = workers or default_workers(len(config.rungs), threads)
     hf_logging.disable_progress_bar()  # our own bar; no per-save "Writing model shards" bars
-    t0 = time.perf_counter()
-    train_docs = corpus.pretraining_documents("train")
-    val_docs = corpus.pretraining_documents("val")
-    tokenizer = cached_bpe(
-        train_docs, config.tokenizer.vocab_size, corpus.corpus_fingerprint(), tokenizer_cache
-    )
+    tokenizer, data = prepared.tokenizer, prepared.data
     tokenizer.save_pretrained(str(out / "tokenizer"))
-    data = tokenize_corpus(
-        tokenizer, train_docs, val_docs, seq_len=recipe_cfg.seq_len,
-        train_tokens=recipe_cfg.tokens, val_tokens=recipe_cfg.val_tokens, seed=recipe_cfg.seed,
-    )
-    data_s = time.perf_counter() - t0
     recipe = PretrainRecipe(
         tokens=recipe_cfg.tokens, batch_size=recipe_cfg.batch_size, seq_len=recipe_cfg.seq_len,
         lr=recipe_cfg.lr, warmup_fraction=recipe_cfg.warmup_fraction,
         min_lr_ratio=recipe_cfg.min_lr_ratio, weight_decay=recipe_cfg.weight_decay,
         seed=recipe_cfg.seed, checkpoints=list(recipe_cfg.checkpoints),
     )
+    checkpoints, rungs = _train_rungs(config, out, recipe, prepared, threads, workers, progress,
+                                      on_checkpoint)
+    order = {r.name: i for i, r in enumerate(config.rungs)}
+    checkpoints.sort(key=lambda rel: (order[rel.split("/")[0]], rel))
+    return {
+        "checkpoints": checkpoints,
+        "rungs": {r.name: {**rungs[r.name], "workers": workers} for r in config.rungs},
+        "tokenizer": "tokenizer",
+        "data": {
+            "data_s": round(prepared.data_s, 3),
+            "train_blocks": len(data.train),
+            "train_tokens_available": int(data.train.numel()),
+            "val_tokens": int(data.val.numel()),
+            "corpus_fingerprint": corpus.corpus_fingerprint(),
+        },
+    }
+
+
+def _train_rungs(config: LadderConfig, out: Path, recipe: PretrainRecipe, prepared: Prepared,
+                 threads: int, workers: int, progress: bool,
+                 on_checkpoint: OnCheckpoint | None) -> tuple[list[str], dict[str, dict]]:
+    """Pretrain the rungs (in this process, or ``workers`` spawned ones) under one set of progress
+    bars; return the relative checkpoint paths and the per-rung summaries."""
     total_tokens = recipe.total_steps * recipe.tokens_per_step
     checkpoints: list[str] = []
     rungs: dict[str, dict] = {}
@@ -234,23 +328,10 @@ def build_pretrained(
 
         if workers <= 1:
             for rung in config.rungs:
-                _run_rung(out, rung, recipe, tokenizer, data, threads, handle)
+                _run_rung(out, rung, recipe, prepared.tokenizer, prepared.data, threads, handle)
         else:
-            _run_parallel(out, config, recipe, data, threads, workers, handle)
-    order = {r.name: i for i, r in enumerate(config.rungs)}
-    checkpoints.sort(key=lambda rel: (order[rel.split("/")[0]], rel))
-    return {
-        "checkpoints": checkpoints,
-        "rungs": {r.name: {**rungs[r.name], "workers": workers} for r in config.rungs},
-        "tokenizer": "tokenizer",
-        "data": {
-            "data_s": round(data_s, 3),
-            "train_blocks": len(data.train),
-            "train_tokens_available": int(data.train.numel()),
-            "val_tokens": int(data.val.numel()),
-            "corpus_fingerprint": corpus.corpus_fingerprint(),
-        },
-    }
+            _run_parallel(out, config, recipe, prepared.data, threads, workers, handle)
+    return checkpoints, rungs
 
 
 def _run_parallel(out: Path, config: LadderConfig, recipe: PretrainRecipe, data: TokenData,

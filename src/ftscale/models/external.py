@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ftscale.common import first_line, write_json_atomic
 from ftscale.errors import UserError
-from ftscale.models.ladder import MANIFEST_FILE, LadderConfig, OnCheckpoint
+from ftscale.models.ladder_config import MANIFEST_FILE, LadderConfig, OnCheckpoint
 from ftscale.models.pretrain import count_params, eval_loss
 
 
@@ -29,12 +29,26 @@ def resolve_model(model: str) -> tuple[str, bool]:
     id unchanged."""
     path = Path(model).expanduser()
     if path.exists():
+        if not path.is_dir():
+            raise UserError(
+                f"{model}: is a file, expected a model directory (with config.json) or a hub id"
+            )
         if not (path / "config.json").is_file():
             raise UserError(f"{model}: local model directory has no config.json")
         return str(path.resolve()), True
     if model.startswith((".", "/", "~")):
         raise UserError(f"{model}: no such local model directory")
     return model, False
+
+
+def check_external(config: LadderConfig) -> None:
+    """Check what can be checked before anything is written: every local model path exists and
+    is a model directory (hub ids are checked when their config is fetched)."""
+    for rung in config.external:
+        try:
+            resolve_model(rung.model)
+        except UserError as exc:
+            raise UserError(f"ladder {config.name}: external {rung.name!r}: {exc}") from None
 
 
 def _load_config(ref: str, revision: str | None):

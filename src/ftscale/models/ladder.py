@@ -1,254 +1,69 @@
-"""Base-model ladders: config (TOML), cache by hash, atomic builds, manifests.
+"""Base-model ladders: build one into the cache (atomically), or reuse it; the public entry point.
 
 A ladder is a set of base models along the study's two base-model axes: size (rungs) and
 pretraining data (checkpoints of each rung after listed token counts). Two kinds:
 
 * ``kind = "pretrain"`` (default): ftscale trains a byte-level BPE tokenizer on the built-in corpus
-  and pretrains each rung (a Llama-style shape) from scratch with one shared recipe;
+  and pretrains each rung (a Llama-style shape) from scratch with one shared recipe
+  (:mod:`ftscale.models.build`);
 * ``kind = "external"``: rungs are Hugging Face model ids or local paths, with revisions for the
-  pretraining-data axis; sizes are read from the models (see :mod:`ftscale.models.external`).
+  pretraining-data axis; sizes are read from the models (:mod:`ftscale.models.external`).
 
-A built ladder is a directory in the cache, ``<cache>/ladders/<name>-<hash>``, named by a hash of
-the config (minus run-time settings such as threads), the corpus fingerprint, the source of the
-pretraining code and the ladder format version, so an unchanged config is reused. It is built in
-a sibling temporary directory (``.tmp-...``) and renamed into place only when complete;
-``ladder.json`` is written last, and no directory without it is a ladder. Layout::
+The config schema, cache keys and manifest readers live in :mod:`ftscale.models.ladder_config`
+(no torch) and are re-exported here, so ``from ftscale.models.ladder import build_ladder,
+load_config, read_ladder`` keeps working. Imports point one way: ``ladder_config`` <- ``build``,
+``external`` <- ``ladder``; the two builders load lazily because they import torch.
 
-    <entry>/ladder.json                       # config, hash, checkpoints, timings
-    <entry>/tokenizer/                        # the shared tokenizer (transformers format)
-    <entry>/<rung>/tokens-<n>/                # HF model + tokenizer + manifest.json
-
-Tokenizers are also kept in ``<cache>/tokenizers/bpe-<vocab>-<corpus fingerprint>`` and shared by
-ladders of equal vocabulary.
+A build checks its inputs and the cache location before it trains anything, happens in a sibling
+temporary directory (``.tmp-...``) and is renamed into place only when complete; ``ladder.json`` is
+written last, and no directory without it is a ladder.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
-import tomllib
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import ftscale
 from ftscale.common import write_json_atomic
-from ftscale.errors import UserError
+from ftscale.errors import Interrupted, UserError
+from ftscale.models.ladder_config import (
+    CACHE_ENV,
+    CODE_MODULES,
+    LADDER_FILE,
+    LADDER_FORMAT,
+    MANIFEST_FILE,
+    SHOW_COLUMNS,
+    ExternalRungConfig,
+    LadderConfig,
+    OnCheckpoint,
+    RecipeConfig,
+    RevisionConfig,
+    RungConfig,
+    TokenizerConfig,
+    cache_root,
+    check_cache,
+    code_fingerprint,
+    config_key,
+    entry_path,
+    is_complete,
+    ladder_summary,
+    load_config,
+    parse_config,
+    read_ladder,
+    resolve_ladder,
+)
 
-#: Version of the on-disk ladder layout and of the pretraining code; part of every cache key.
-LADDER_FORMAT = 1
-#: Environment variable overriding the cache root.
-CACHE_ENV = "FTSCALE_CACHE"
-#: Name of the top-level manifest that marks a complete ladder directory.
-LADDER_FILE = "ladder.json"
-#: Name of the per-checkpoint manifest.
-MANIFEST_FILE = "manifest.json"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TokenizerConfig(_Strict):
-    """Tokenizer of a pretrained ladder: byte-level BPE with ``vocab_size`` tokens."""
-
-    vocab_size: Annotated[int, Field(ge=260, le=262144)] = 2048
-
-
-class RecipeConfig(_Strict):
-    """Shared pretraining recipe: budget (tokens), batch (sequences), schedule, checkpoints."""
-
-    tokens: Annotated[int, Field(gt=0)]
-    batch_size: Annotated[int, Field(gt=0)] = 16
-    seq_len: Annotated[int, Field(ge=8)] = 128
-    lr: Annotated[float, Field(gt=0)] = 3e-3
-    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
-    weight_decay: Annotated[float, Field(ge=0)] = 0.1
-    seed: int = 0
-    checkpoints: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
-    val_tokens: Annotated[int, Field(gt=0)] = 32768
-
-    @model_validator(mode="after")
-    def _checkpoints_within_budget(self) -> RecipeConfig:
-        for t in self.checkpoints:
-            if t > self.tokens:
-                raise ValueError(f"checkpoint {t} tokens is beyond the budget of {self.tokens}")
-        if len(set(self.checkpoints)) != len(self.checkpoints):
-            raise ValueError("checkpoints are not distinct")
-        return self
-
-
-class RungConfig(_Strict):
-    """One pretrained rung: a Llama-style shape (width = model dim, layers, heads, FFN width)."""
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    width: Annotated[int, Field(gt=0)]
-    layers: Annotated[int, Field(gt=0)]
-    heads: Annotated[int, Field(gt=0)]
-    ffn: Annotated[int, Field(gt=0)]
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> RungConfig:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-        return self
-
-
-class RevisionConfig(_Strict):
-    """One checkpoint of an external model: a git revision (branch, tag, commit) and, if known,
-    the pretraining tokens it had seen (tokens)."""
-
-    revision: str
-    tokens: Annotated[int, Field(gt=0)] | None = None
-
-
-class ExternalRungConfig(_Strict):
-    """One external rung: a Hugging Face model id or a local directory, with optional revisions
-    (the pretraining-data axis); without revisions the default revision is the only checkpoint."""
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    model: str
-    revisions: list[RevisionConfig] = Field(default_factory=list)
-    tokens: Annotated[int, Field(gt=0)] | None = None
-
-
-class LadderConfig(_Strict):
-    """A ladder TOML file. ``threads`` (torch threads per rung) and ``workers`` (rungs pretrained
-    at once, in separate processes) are run-time settings, 0 = automatic, not in the cache key."""
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    kind: Literal["pretrain", "external"] = "pretrain"
-    corpus: Literal["builtin:bible"] = "builtin:bible"
-    threads: Annotated[int, Field(ge=0)] = 0
-    workers: Annotated[int, Field(ge=0)] = 0
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    recipe: RecipeConfig | None = None
-    rungs: list[RungConfig] = Field(default_factory=list)
-    external: list[ExternalRungConfig] = Field(default_factory=list)
-    val_tokens: Annotated[int, Field(ge=0)] = 0
-
-    @field_validator("rungs", "external")
-    @classmethod
-    def _unique_names(cls, rungs: list) -> list:
-        names = [r.name for r in rungs]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"rung name {dup[0]!r} used twice")
-        return rungs
-
-    @model_validator(mode="after")
-    def _kind_matches(self) -> LadderConfig:
-        if self.kind == "pretrain":
-            if self.recipe is None:
-                raise ValueError("a pretrain ladder needs a [recipe] table")
-            if not self.rungs:
-                raise ValueError("a pretrain ladder needs at least one [[rungs]] entry")
-            if self.external:
-                raise ValueError("[[external]] entries need kind = \"external\"")
-        else:
-            if not self.external:
-                raise ValueError("an external ladder needs at least one [[external]] entry")
-            if self.rungs:
-                raise ValueError("[[rungs]] shapes need kind = \"pretrain\"")
-        return self
-
-
-def load_config(path: str | Path) -> LadderConfig:
-    """Read and validate a ladder TOML file; one-line :class:`UserError` naming file and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such ladder file")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(raw, str(path))
-
-
-def parse_config(raw: dict, origin: str = "ladder") -> LadderConfig:
-    """Validate a ladder config given as a dict (the parsed TOML)."""
-    try:
-        return LadderConfig.model_validate(raw)
-    except ValidationError as exc:
-        # Every problem on the one line, unknown keys first: a misspelt key ("tokenz") also
-        # makes the real one look missing, and the typo is the cause worth reading.
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        problems = []
-        for err in errors:
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            value = err.get("input")
-            shown = (
-                f" (got {value!r})"
-                if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict)
-                else ""
-            )
-            problems.append(f"{where}: {msg}{shown}")
-        raise UserError(f"{origin}: {'; '.join(problems)}") from None
-
-
-def cache_root(override: str | Path | None = None) -> Path:
-    """The cache root: ``override``, else ``$FTSCALE_CACHE``, else ``$XDG_CACHE_HOME/ftscale``,
-    else ``~/.cache/ftscale``."""
-    if override:
-        return Path(override).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ftscale"
-
-
-#: Modules whose source decides what a pretrained ladder contains (its weights and texts).
-CODE_MODULES = ("ftscale.models.pretrain", "ftscale.models.tokenizer", "ftscale.data.corpus")
-
-
-def code_fingerprint() -> str:
-    """SHA-256 (16 hex digits) of the source of :data:`CODE_MODULES`: any change to the
-    pretraining, tokenizer or corpus code gives new cache keys."""
-    import importlib.util
-
-    digest = hashlib.sha256()
-    for name in CODE_MODULES:
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.origin is not None
-        digest.update(Path(spec.origin).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def config_key(config: LadderConfig) -> str:
-    """The cache key of a ladder: a SHA-256 (16 hex digits) of the config without run-time fields,
-    the corpus and code fingerprints (pretrain ladders), the ladder format and ftscale version."""
-    payload = config.model_dump(mode="json", exclude={"threads", "workers"})
-    if config.kind == "pretrain":
-        from ftscale.data.corpus import corpus_fingerprint
-
-        payload["corpus_fingerprint"] = corpus_fingerprint()
-        payload["code_fingerprint"] = code_fingerprint()
-    payload["ladder_format"] = LADDER_FORMAT
-    payload["ftscale_version"] = ftscale.__version__
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def entry_path(config: LadderConfig, cache: str | Path | None = None) -> Path:
-    """Where the ladder for ``config`` lives (or would live) in the cache."""
-    return cache_root(cache) / "ladders" / f"{config.name}-{config_key(config)}"
-
-
-def is_complete(path: str | Path) -> bool:
-    """True when ``path`` is a complete ladder directory (has a readable ``ladder.json``)."""
-    try:
-        json.loads((Path(path) / LADDER_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
+__all__ = [
+    "CACHE_ENV", "CODE_MODULES", "LADDER_FILE", "LADDER_FORMAT", "MANIFEST_FILE", "SHOW_COLUMNS",
+    "ExternalRungConfig", "LadderConfig", "OnCheckpoint", "RecipeConfig", "RevisionConfig",
+    "RungConfig", "TokenizerConfig", "build_ladder", "cache_root", "check_cache",
+    "code_fingerprint", "config_key", "entry_path", "is_complete", "ladder_summary",
+    "load_config", "parse_config", "read_ladder", "resolve_ladder",
+]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -277,9 +92,24 @@ def _remove_stale_tmp(final: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-#: Called after each checkpoint is written inside the temporary build directory:
-#: (rung name, tokens_seen, checkpoint directory).
-OnCheckpoint = Callable[[str, int, Path], None]
+def _remove_stale_tokenizer_tmp(tokenizers: Path) -> None:
+    """Remove half-saved tokenizers (``.tmp-bpe-<vocab>-<key>-<pid>-<random>``, written by
+    :func:`ftscale.models.tokenizer.cached_bpe`) whose process is gone."""
+    if not tokenizers.is_dir():
+        return
+    for tmp in tokenizers.glob(".tmp-bpe-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 2)[1])
+        except (IndexError, ValueError):
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_run_settings(threads: int | None, workers: int | None) -> None:
+    for name, value in (("threads", threads), ("workers", workers)):
+        if value is not None and (isinstance(value, bool) or value < 0):
+            raise UserError(f"{name} must be 0 (automatic) or a positive count, got {value!r}")
 
 
 def build_ladder(
@@ -295,27 +125,44 @@ def build_ladder(
     """Build the ladder for ``config`` in the cache, or reuse it; return ``(path, reused)``.
 
     ``threads`` and ``workers`` override ``config.threads`` and ``config.workers`` (0 or None:
-    automatic, see :func:`ftscale.models.build.build_pretrained`). The build happens in a
-    temporary sibling directory renamed into place when complete; an exception (or
-    ``on_checkpoint`` raising) removes it, a kill leaves only a ``.tmp-`` directory without
-    ``ladder.json``, cleaned up by the next build. ``force`` rebuilds.
+    automatic, see :func:`ftscale.models.build.build_pretrained`). Before anything is written the
+    run settings, the cache location (:func:`check_cache`) and what the recipe asks of the corpus
+    (:func:`ftscale.models.build.prepare_pretraining`) are checked; a refusal is one
+    :class:`UserError` line. The build happens in a temporary sibling directory renamed into
+    place when complete; any exception or interrupt (Ctrl-C, SIGTERM, ``on_checkpoint`` raising)
+    removes it and stops every worker process; an interrupt is re-raised as
+    :class:`~ftscale.errors.Interrupted` saying what was kept. A kill leaves only a ``.tmp-``
+    directory without ``ladder.json``, cleaned up by the next build. ``force`` rebuilds.
     """
+    _check_run_settings(threads, workers)
     final = entry_path(config, cache)
     if is_complete(final) and not force:
         return final, True
+    check_cache(cache)
+    tokenizers = final.parent.parent / "tokenizers"
+    prepared = None
+    if config.kind == "pretrain":
+        from ftscale.models.build import prepare_pretraining
+
+        prepared = prepare_pretraining(config, tokenizers)
+    else:
+        from ftscale.models.external import check_external
+
+        check_external(config)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(final)
+    _remove_stale_tokenizer_tmp(tokenizers)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         start = time.perf_counter()
-        if config.kind == "pretrain":
+        if prepared is not None:
             from ftscale.models.build import build_pretrained
 
             summary = build_pretrained(
-                config, tmp, threads=threads or config.threads or None,
+                config, tmp, prepared, threads=threads or config.threads or None,
                 workers=workers or config.workers or None, progress=progress,
-                on_checkpoint=on_checkpoint, tokenizer_cache=final.parent.parent / "tokenizers",
+                on_checkpoint=on_checkpoint,
             )
         else:
             from ftscale.models.external import build_external
@@ -343,57 +190,21 @@ def build_ladder(
                 shutil.rmtree(tmp, ignore_errors=True)
                 return final, True
             raise
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(
+                _kept(config, tokenizers), exit_code=getattr(exc, "exit_code", 130)
+            ) from None
         raise
     return final, False
 
 
-#: Columns of ``ftscale ladder show`` (every row of :func:`read_ladder` has them): parameters
-#: counted as in :func:`ftscale.models.pretrain.count_params`, losses in nats per token, ``path``
-#: and ``revision`` what ``from_pretrained`` needs (revision ``None`` for a local build).
-SHOW_COLUMNS = (
-    "rung", "tokens_seen", "total_params", "nonembedding_params", "train_loss", "val_loss", "path",
-    "revision",
-)
-
-
-def resolve_ladder(path: str | Path, cache: str | Path | None = None) -> Path:
-    """A ladder directory from ``path``: the directory itself, or the cache entry of a ladder TOML
-    file (which must already be built)."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".toml":
-        config = load_config(path)
-        entry = entry_path(config, cache)
-        if not is_complete(entry):
-            raise UserError(f"{path}: ladder not built yet (run `ftscale ladder build {path}`)")
-        return entry
-    if not path.exists():
-        raise UserError(f"{path}: no such ladder directory or file")
-    if not is_complete(path):
-        raise UserError(f"{path}: not a complete ladder (no readable {LADDER_FILE})")
-    return path
-
-
-def read_ladder(path: str | Path, cache: str | Path | None = None) -> list[dict]:
-    """Every checkpoint of a built ladder as a dict (its manifest), rungs in config order and
-    checkpoints by tokens seen; ``path`` is absolute (an id for hub models)."""
-    root = resolve_ladder(path, cache)
-    summary = json.loads((root / LADDER_FILE).read_text(encoding="utf-8"))
-    rows = []
-    for rel in summary["checkpoints"]:
-        manifest_path = root / rel / MANIFEST_FILE
-        try:
-            row = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise UserError(f"{manifest_path}: missing or unreadable manifest") from None
-        if row.get("source") in (None, "local-build"):
-            row["path"] = str((root / rel).resolve())
-        rows.append(row)
-    return rows
-
-
-def ladder_summary(path: str | Path, cache: str | Path | None = None) -> dict:
-    """The top-level ``ladder.json`` of a built ladder (config, key, timings per rung)."""
-    root = resolve_ladder(path, cache)
-    return json.loads((root / LADDER_FILE).read_text(encoding="utf-8"))
+def _kept(config: LadderConfig, tokenizers: Path) -> str:
+    """What an interrupted build leaves: never a partial ladder; maybe a finished tokenizer."""
+    said = f"ladder {config.name} not built, its temporary folder removed"
+    if config.kind == "pretrain":
+        kept = tokenizers / f"bpe-{config.tokenizer.vocab_size}-"
+        if any(p.name.startswith(kept.name) for p in tokenizers.glob("bpe-*")):
+            return f"{said}; the trained tokenizer is kept in {tokenizers}"
+    return said
