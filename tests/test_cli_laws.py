@@ -125,8 +125,9 @@ def test_critical_from_table_and_from_saved_fit(two_method_table, tmp_path):
     (point,) = json.loads(out)["critical"]
     assert (point["first"], point["second"], point["x"]) == ("fmt", "lora", 1e8)
     assert len(point["crossings"]) == 1
-    # Equal E up to noise is not exactly equal: no closed form unless the E's match.
-    assert point["H"] is None
+    # Equal E up to noise is not exactly equal: the closed form is only that of the reducible
+    # parts, and says so.
+    assert point["H"] is not None and "E differs" in point["closed_form_note"]
     saved = tmp_path / "fits.json"
     assert (
         run("fit", two_method_table, "--x", "params", "--group", "method", "--save", saved)[0] == 0
