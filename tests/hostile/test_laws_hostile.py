@@ -66,8 +66,8 @@ FIT = ["fit", "{runs}", "--x", "params"]
 CRIT = ["critical", "{runs}", "--x", "params"]
 CASES = [
     # Text where numbers belong, and the loss naming a text column.
-    ("text in a size column", ["fit", "{abc}"], r"'examples' must hold numbers, got 'abc' at row 2"),
-    ("thousands separator", ["fit", "{comma}"], r"'test_nll' must hold numbers, got '1,000' at row 1"),
+    ("text in a size column", ["fit", "{abc}"], r"'examples' .*numbers, got 'abc' at row 2"),
+    ("thousands separator", ["fit", "{comma}"], r"'test_nll' .*numbers, got '1,000' at row 1"),
     ("y is a text column", [*FIT, "--y", "note"], r"'note' must hold numbers, got 'n0' at row 1"),
     ("critical: y is a text column", [*CRIT, "--y", "method"], r"'method' must hold numbers"),
     # Bootstrap and seed refused up front, the option named.
@@ -81,7 +81,7 @@ CASES = [
     ("saved fit not UTF-8", ["critical", "{bytes}"], r"not UTF-8"),
     ("saved fit record not an object", ["critical", "{notobj}"], r"fit 1 is not a JSON object"),
     ("saved fit missing a field", ["critical", "{missing_field}"], r"fit 1: saved fit is missing"),
-    ("saved fit of an unknown form", ["critical", "{badform_saved}"], r"unknown law form 'quartic'"),
+    ("saved fit of an unknown form", ["critical", "{badform_saved}"], r"unknown law form"),
     ("not JSON at all", ["critical", "{badjson}"], r"not valid JSON"),
     ("JSON array of numbers", ["critical", "{ints}"], r"row 1 is a JSON int"),
     ("JSON scalar", ["critical", "{scalar}"], r"expected saved fits or a table"),
@@ -90,7 +90,7 @@ CASES = [
     # Saved fits refuse the options they would ignore.
     ("saved fit with --x", ["critical", "{saved}", "--x", "params"], r"--x would be ignored"),
     ("saved fit with --bootstrap", ["critical", "{saved}", "--bootstrap", "5"], r"--bootstrap"),
-    ("saved fit with --holdout", ["critical", "{saved}", "--holdout", "max:examples"], r"--holdout"),
+    ("saved fit with --holdout", ["critical", "{saved}", "--holdout", "max:d"], r"--holdout"),
     ("saved fit with --group", ["critical", "{saved}", "--group", "method"], r"--group"),
     # critical's numbers.
     ("d-max infinite", [*CRIT, "--d-max", "inf"], r"--d-min/--d-max must be finite"),
