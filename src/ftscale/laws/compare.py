@@ -72,6 +72,7 @@ class FitResult:
     selection_score: float | None = None
     bands: np.ndarray | None = field(default=None, repr=False)
     requested: list[dict] = field(default_factory=list)
+    form_spec: str | None = None
 
     @property
     def n_fit(self) -> int:
@@ -106,6 +107,7 @@ class FitResult:
         """The JSON record of ``ftscale fit --json`` (``points=True`` adds per-run predictions)."""
         record = {
             "form": self.form,
+            "form_spec": self.form_spec or self.form,
             "group": self.group,
             "space": self.space,
             "params": dict(self.law.params_),
@@ -153,7 +155,9 @@ class FitResult:
         """Rebuild a result saved by :meth:`to_dict` (with ``points=True``)."""
         try:
             law = ScalingLaw.from_params(
-                resolve_form(record["form"]), record["params"], space=record["space"]
+                resolve_form(record.get("form_spec") or record["form"]),
+                record["params"],
+                space=record["space"],
             )
             law.objective_ = _from_json_float(record.get("objective"))
             variables = dict(record["variables"])
@@ -172,6 +176,7 @@ class FitResult:
                 delta_e=_from_json_float(record.get("delta_e")),
                 delta_h=_from_json_float(record.get("delta_h")),
                 warnings=list(record.get("warnings", [])),
+                form_spec=record.get("form_spec"),
             )
             if record.get("bootstrap"):
                 thetas = [
@@ -308,7 +313,7 @@ def fit_table(
         at: sizes to predict at, each ``(D,)`` or ``(X, D)``, with intervals when bootstrapped.
         progress: ``progress(done, total)`` over bootstrap replicates.
     """
-    resolved = _resolve(forms, x)
+    resolved, specs = _resolve(forms, x)
     groups = group_columns(columns, group)
     _check_columns(columns, [y, d, x, *groups], source)
     check_roles(y, d, x)
@@ -320,8 +325,10 @@ def fit_table(
     held = holdout_mask(holdout, columns, labels if groups else None)
     results = Fits()
     results.group_columns, results.selections = groups, []
-    for part in _groups(labels, groups, held, source):
+    for part in _groups(columns, labels, groups, held, source):
         fits = [_fit_one(form, part, numbers, x, d, y, space) for form in resolved]
+        for fit in fits:
+            fit.form_spec = specs.get(fit.form)
         results.selections.append(_select(resolved, fits, part, columns, holdout, x, d, space))
         results.extend(fits)
     if n_bootstrap:
@@ -331,14 +338,17 @@ def fit_table(
     return results
 
 
-def _resolve(forms, x: str | None) -> list[LawForm]:
-    resolved = list({f.name: f for f in (resolve_form(f) for f in forms)}.values())
+def _resolve(forms, x: str | None) -> tuple[list[LawForm], dict[str, str | None]]:
+    """The forms (each once) and, by name, the spelling that rebuilds them from a saved fit."""
+    pairs = [(resolve_form(f), f if isinstance(f, str) else None) for f in forms]
+    resolved = list({f.name: f for f, _ in pairs}.values())
+    specs = {f.name: spec for f, spec in pairs}
     if not resolved:
         raise UserError("no law form given")
     for form in resolved:
         if "x" in form.variables and x is None:
             raise UserError(f"form {form.name!r} needs an X column (--x)")
-    return resolved
+    return resolved, specs
 
 
 def _check_columns(columns, needed, source: str) -> None:
@@ -360,11 +370,11 @@ def _check_point(point: Sequence[float], x: str | None) -> tuple[float, ...]:
     return values
 
 
-def _groups(labels, groups, held, source) -> list[_Group]:
+def _groups(columns, labels, groups, held, source) -> list[_Group]:
     out = []
     for name in dict.fromkeys(labels):  # groups in order of first appearance
         rows = np.flatnonzero(labels == name)
-        shown = ", ".join(f"{g}={v}" for g, v in zip(groups, str(name).split("/"), strict=False))
+        shown = ", ".join(f"{g}={np.asarray(columns[g])[rows[0]]}" for g in groups)
         where = source + (f", {shown}" if groups else "")
         out.append(_Group(str(name) if groups else None, where, rows, held[rows]))
     return out
