@@ -401,6 +401,9 @@ def _render_critical(points, results) -> None:
     console.print(grid)
     for pair, note in notes.items():
         console.print(f"† {pair}: {note}", markup=False)
+    for r in results:
+        for warning in r.warnings:
+            console.print(f"! {r.group or '-'} {r.form}: {warning}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
