@@ -610,7 +610,8 @@ def critical_points(
     fits = {r.group: r for r in results if r.form == form}
     if len(fits) < 2:
         raise UserError(
-            f"critical points need fits of at least two groups with form {form!r}, got {len(fits)}"
+            f"critical points need fits of at least two groups with form {form!r}, got "
+            f"{len(fits)} (group the runs with --group COL; the default is {DEFAULT_GROUP!r})"
         )
     two_var = "x" in results[[r.form for r in results].index(form)].law.form_.variables
     if xs is None:
