@@ -1,11 +1,17 @@
-"""``ftscale fit`` and ``ftscale critical``: scaling laws on any table of runs."""
+"""``ftscale fit`` and ``ftscale critical``: scaling laws on any table of runs.
+
+Exit codes: 0 done; 2 bad input (one line, nothing written); 3 the fits were made but an output
+(``--save`` or ``--plot``) could not be written: the message says where the result went instead;
+130 / 143 interrupted.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -13,66 +19,115 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ftscale.common import first_line
 from ftscale.errors import UserError
 
-FORM_HELP = "Law form (repeat to compare): power, multiplicative, additive, rectified."
+#: Exit code when the work finished but an output could not be written where asked.
+OUTPUT_FAILED_EXIT = 3
+
+FORM_HELP = (
+    "Law form (repeat to compare): power, multiplicative, additive, rectified, prelearned; "
+    "FILE.py:NAME for a LawForm in a Python file; 'expr:A/(X^alpha*D^beta)+E' for a formula. "
+    "Default: multiplicative with --x, else power."
+)
 X_HELP = "Column of the other factor X (parameters, pretraining tokens, PET size)."
 
 TableArg = Annotated[
-    Path, typer.Argument(help="Runs as CSV, Parquet or JSONL (critical: or a fit saved by --save).")
+    Path,
+    typer.Argument(
+        help="Runs as CSV, Parquet, JSONL or JSON records (critical: or a fit saved by --save)."
+    ),
 ]
 FormOpt = Annotated[list[str] | None, typer.Option("--form", "-f", help=FORM_HELP)]
 XOpt = Annotated[str | None, typer.Option("--x", help=X_HELP)]
 DOpt = Annotated[str, typer.Option("--d", help="Column of the finetuning-data size D_f.")]
 YOpt = Annotated[str, typer.Option("--y", help="Column of the loss (nats per token).")]
-GroupOpt = Annotated[str | None, typer.Option("--group", help="Column with one fit per value.")]
+GroupOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--group",
+        help="Column with one fit per value; repeat to group by several. "
+        "Default: 'method' if the table has it.",
+    ),
+]
 SpaceOpt = Annotated[str, typer.Option("--space", help="Residuals in 'log' (default) or 'linear'.")]
 HoldoutOpt = Annotated[
     str | None,
     typer.Option("--holdout", help="Held-out runs: max:COL, min:COL, COL=VALUE, comma-joined."),
 ]
-BootOpt = Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates (0: none).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Bootstrap seed.")]
+BootOpt = Annotated[
+    int,
+    typer.Option("--bootstrap", min=0, help="Bootstrap replicates (0: none; at most 100,000)."),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Bootstrap seed (0 or more).")]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a figure (PNG, PDF, SVG).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
-def _check_outputs(*paths: Path | None) -> None:
-    """Fail before any work if an output file cannot be written where asked."""
-    for path in paths:
-        if path is not None and not path.parent.is_dir():
-            raise UserError(f"{path}: folder {path.parent} does not exist")
+def _read_columns(table: Path):
+    """The table's columns, or the saved fits when a ``.json`` file holds them."""
+    from ftscale.laws.io import JSON_SUFFIXES, read_json_input
 
-
-def _fit(table, forms, x, d, y, group, space, holdout, n_bootstrap, seed):
-    """Read the table and fit: shared by both commands."""
+    if table.suffix.lower() in JSON_SUFFIXES:
+        return read_json_input(table)
     from ftscale.data.tables import read_table
-    from ftscale.laws import fit_table
-    from ftscale.laws.fit import SPACES
+    from ftscale.laws.io import JsonInput
 
-    if space not in SPACES:
-        raise UserError(f"--space must be one of {', '.join(SPACES)}, got {space!r}")
     frame = read_table(table)
-    columns = {str(c): frame[c].to_numpy() for c in frame.columns}
-    forms = forms or (["multiplicative"] if x else ["power"])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        results = fit_table(
-            columns,
-            y=y,
-            d=d,
-            x=x,
-            forms=forms,
-            group=group,
-            holdout=holdout,
-            space=space,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
-            source=str(table),
-        )
-    for warning in caught:
-        typer.echo(f"ftscale: warning: {warning.message}", err=True)
-    return results
+    return JsonInput(columns={str(c): frame[c].to_numpy() for c in frame.columns})
+
+
+@contextmanager
+def _progress(quiet: bool):
+    """A rich progress bar on stderr for bootstrap replicates; silent off a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "bootstrap",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("bootstrap", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+#: What numpy's floating-point warnings mean when they escape a fit.
+_NUMERIC = {
+    "overflow": "a law overflowed far from the data (a start or a replicate with extreme "
+    "parameters); those evaluations were discarded",
+    "divide by zero": "a law divided by zero at some sizes; those evaluations were discarded",
+    "invalid value": "a law gave NaN at some sizes; those evaluations were discarded",
+}
+
+
+def _warning_line(warning) -> str:
+    text = (
+        first_line(warning.message)
+        if isinstance(warning.message, Exception)
+        else str(warning.message)
+    )
+    if issubclass(warning.category, RuntimeWarning):
+        for key, meaning in _NUMERIC.items():
+            if key in text:
+                return meaning
+    return text
+
+
+def _fit(table: Path, options: dict, quiet: bool):
+    """Read the table and fit it (a saved fit is refused: there is nothing to fit)."""
+    from ftscale.laws import fit_table
+
+    data = _read_columns(table)
+    if data.fits is not None:
+        raise UserError(f"{table}: holds saved fits, not runs; give it to `ftscale critical`")
+    return _fit_columns(table, data.columns, options, quiet, fit_table)
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -81,21 +136,86 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def _best_forms(results) -> dict:
-    """Group -> the form with the lowest held-out error Δh (groups with no held-out runs: none)."""
-    best: dict = {}
+def _fit_table_view(results, title: str) -> Table:
+    grid = Table(title=title)
+    grid.add_column("group", no_wrap=True)
+    grid.add_column("form", no_wrap=True)
+    # The one column that wraps on a narrow terminal; wide enough for "alpha=0.03247".
+    grid.add_column("parameters", min_width=14)
+    for column in ("sel", "Δe", "Δh", "fit", "held"):
+        grid.add_column(column, justify="right", no_wrap=True)
     for r in results:
-        if not math.isnan(r.delta_h) and (r.group not in best or r.delta_h < best[r.group][0]):
-            best[r.group] = (r.delta_h, r.form)
-    return {group: form for group, (_, form) in best.items()}
+        intervals = r.intervals()
+        shown = []
+        for name, value in r.law.params_.items():
+            text = f"{name}={_fmt(value)}"
+            if name in intervals:
+                text += f" [{_fmt(intervals[name][0], 3)}, {_fmt(intervals[name][1], 3)}]"
+            shown.append(text)
+        grid.add_row(
+            str(r.group or "-"),
+            r.form + (" !" if r.warnings else ""),
+            "  ".join(shown),
+            _fmt(r.selection_score, 3) + ("*" if r.selected else ""),
+            _fmt(r.delta_e, 3),
+            _fmt(r.delta_h, 3),
+            str(r.n_fit),
+            str(r.n_heldout),
+        )
+    return grid
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    if not path.parent.exists():
-        raise UserError(f"{path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)  # atomic: a kill leaves the old file or the new one, never half of one
+def _render_fits(results, table: Path, space: str) -> None:
+    console = Console()
+    console.print(
+        _fit_table_view(results, f"Scaling-law fits to {table} ({space}-space Huber, Δ in nats)")
+    )
+    chosen = [s for s in results.selections if s.form is not None]
+    if chosen and len({r.form for r in results}) > 1:
+        console.print(
+            f"* chosen without the held-out runs: {chosen[0].criterion}; 'sel' is its score"
+        )
+    for s in results.selections:
+        if s.form is None and len({r.form for r in results}) > 1:
+            console.print(f"no form chosen for {s.group or 'the table'}: {s.reason}")
+    for r in results:
+        for warning in r.warnings:
+            console.print(f"! {r.group or '-'} {r.form}: {warning}", markup=False)
+    for r in results:
+        for p in r.requested:
+            interval = p.get("interval")
+            band = f" [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else ""
+            where = ", ".join(
+                f"{k}={_fmt(v)}" for k, v in p.items() if k not in ("predicted", "interval")
+            )
+            console.print(
+                f"{r.group or '-'} {r.form}: at {where} predicted {_fmt(p['predicted'])}{band}"
+            )
+
+
+def _finish(outputs: list[tuple[Path, object]]) -> None:
+    """Write each output (after the result reached stdout); exit 3 naming any that failed."""
+    failed = []
+    for path, write in outputs:
+        message = write(path)
+        if message:
+            failed.append(message)
+    for message in failed:
+        typer.echo(f"ftscale: error: {message}", err=True)
+    if failed:
+        raise typer.Exit(OUTPUT_FAILED_EXIT)
+
+
+def _plot_writer(plotter, *args, **kwargs):
+    def write(path: Path) -> str | None:
+        try:
+            plotter(*args, path, **kwargs)
+        except (UserError, OSError, ValueError, RuntimeError) as exc:
+            reason = first_line(exc)
+            return f"could not draw the figure {path} ({reason}); the results above are complete"
+        return None
+
+    return write
 
 
 def fit(
@@ -109,68 +229,111 @@ def fit(
     holdout: HoldoutOpt = None,
     bootstrap: BootOpt = 0,
     seed: SeedOpt = 0,
+    predict: Annotated[
+        list[str] | None,
+        typer.Option("--predict", help="Predict at X,D (or D) with its interval; repeatable."),
+    ] = None,
     plot: PlotOpt = None,
     json_out: JsonOpt = False,
     save: Annotated[
         Path | None, typer.Option("--save", help="Save the fits as JSON, for `ftscale critical`.")
     ] = None,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Fit scaling laws to a table of runs and report parameters and held-out errors."""
-    _check_outputs(plot, save)
-    results = _fit(table, form, x, d, y, group, space, holdout, bootstrap, seed)
+    """Fit scaling laws to a table of runs, choose a form per group without the held-out runs,
+    and report parameters, warnings and held-out errors."""
+    from ftscale.laws.compare import parse_point
+    from ftscale.laws.io import check_outputs, write_or_rescue
+    from ftscale.laws.uncertainty import check_replicates
+
+    check_outputs({"--plot": plot, "--save": save})
+    if bootstrap:
+        check_replicates(bootstrap, seed)
+    options = dict(
+        forms=form or (["multiplicative"] if x else ["power"]),
+        x=x,
+        d=d,
+        y=y,
+        group=group,
+        space=space,
+        holdout=holdout,
+        n_bootstrap=bootstrap,
+        seed=seed,
+        at=[parse_point(p) for p in predict or []],
+    )
+    results = _fit(table, options, quiet)
+    document = json.dumps(results.to_dict(points=True), indent=1)
+    if json_out:
+        typer.echo(document)
+    else:
+        _render_fits(results, table, space)
+    outputs = []
+    if save is not None:
+        outputs.append((save, lambda path: write_or_rescue(path, document, "the fits")))
     if plot is not None:
         from ftscale.report.figures import plot_fits
 
-        plot_fits(results, plot, y_label=y)
-    if save is not None:
-        _write_json(save, {"fits": [r.to_dict(points=True) for r in results]})
-    if json_out:
-        typer.echo(json.dumps({"fits": [r.to_dict(points=True) for r in results]}, indent=1))
-        return
-    console = Console()
-    grid = Table(title=f"Scaling-law fits to {table} ({space}-space Huber, Δ in nats)")
-    grid.add_column("group", no_wrap=True)
-    grid.add_column("form", no_wrap=True)
-    # The one column that wraps on a narrow terminal; wide enough for "alpha=0.03247".
-    grid.add_column("parameters", min_width=14)
-    for column in ("Δe", "Δh", "fit", "held"):
-        grid.add_column(column, justify="right", no_wrap=True)
-    winners = _best_forms(results) if len({r.form for r in results}) > 1 else {}
-    for r in results:
-        intervals = r.intervals()
-        shown = []
-        for name, value in r.law.params_.items():
-            text = f"{name}={_fmt(value)}"
-            if name in intervals:
-                text += f" [{_fmt(intervals[name][0], 3)}, {_fmt(intervals[name][1], 3)}]"
-            shown.append(text)
-        mark = " *" if winners.get(r.group) == r.form else ""
-        grid.add_row(
-            str(r.group or "-"),
-            r.form + mark,
-            "  ".join(shown),
-            _fmt(r.delta_e, 3),
-            _fmt(r.delta_h, 3),
-            str(r.n_fit),
-            str(r.n_heldout),
+        outputs.append((plot, _plot_writer(plot_fits, results, y_label=y)))
+    _finish(outputs)
+
+
+def _saved_or_fitted(table, form, options, quiet):
+    """Saved fits (refusing the fitting options they cannot use) or fits of a table of runs."""
+    data = _read_columns(table)
+    if data.fits is None:
+        from ftscale.laws import fit_table
+
+        options = {
+            **options,
+            "forms": [form] if form else (["multiplicative"] if options["x"] else ["power"]),
+        }
+        return _fit_columns(table, data.columns, options, quiet, fit_table)
+    given = [
+        o
+        for o, v in (
+            ("--x", options["x"]),
+            ("--holdout", options["holdout"]),
+            ("--bootstrap", options["n_bootstrap"]),
+            ("--group", options["group"]),
         )
-    console.print(grid)
-    if winners:
-        console.print("* lowest held-out error Δh in its group")
+        if v
+    ]
+    if given:
+        raise UserError(
+            f"{table} holds saved fits: {', '.join(given)} would be ignored; refit the runs "
+            "with `ftscale fit --save` to change them"
+        )
+    results = data.fits
+    if form is not None:
+        results = [r for r in results if r.form == form]
+    return results
+
+
+def _fit_columns(table, columns, options, quiet, fit_table):
+    from ftscale.laws.fit import SPACES
+
+    if options["space"] not in SPACES:
+        raise UserError(f"--space must be one of {', '.join(SPACES)}, got {options['space']!r}")
+    with warnings.catch_warnings(record=True) as caught, _progress(quiet) as progress:
+        warnings.simplefilter("always")
+        results = fit_table(columns, source=str(table), progress=progress, **options)
+    for line in dict.fromkeys(_warning_line(w) for w in caught):
+        typer.echo(f"ftscale: warning: {line}", err=True)
+    return results
 
 
 def critical(
     table: TableArg,
     form: Annotated[
         str | None,
-        typer.Option("--form", "-f", help="Law form (default: multiplicative with --x)."),
+        typer.Option(
+            "--form", "-f", help="Law form (default: multiplicative with --x, else power)."
+        ),
     ] = None,
     x: XOpt = None,
     d: DOpt = "examples",
     y: YOpt = "test_nll",
-    group: Annotated[
-        str, typer.Option("--group", help="Column of the methods to compare.")
-    ] = "method",
+    group: GroupOpt = None,
     space: SpaceOpt = "log",
     holdout: HoldoutOpt = None,
     at: Annotated[
@@ -182,53 +345,65 @@ def critical(
     seed: SeedOpt = 0,
     plot: PlotOpt = None,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Critical finetuning-data sizes: where two methods' fitted losses cross."""
-    from ftscale.laws import FitResult, critical_points
+    from ftscale.laws import critical_points
+    from ftscale.laws.compare import check_critical_inputs
+    from ftscale.laws.io import check_outputs
+    from ftscale.laws.uncertainty import check_replicates
 
-    _check_outputs(plot)
-    if not 0 < d_min < d_max:
-        raise UserError(f"--d-min/--d-max must satisfy 0 < min < max, got {d_min:g}, {d_max:g}")
-    if table.suffix.lower() == ".json" and table.exists():
-        try:
-            saved = json.loads(table.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{table}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(saved, dict) or "fits" not in saved:
-            raise UserError(f"{table}: not a saved fit (no 'fits' field); save one with fit --save")
-        results = [FitResult.from_dict(r) for r in saved["fits"]]
-        if form is not None:
-            results = [r for r in results if r.form == form]
-    else:
-        results = _fit(
-            table, [form] if form else None, x, d, y, group, space, holdout, bootstrap, seed
-        )
+    check_outputs({"--plot": plot})
+    check_critical_inputs(at, (d_min, d_max))
+    if bootstrap:
+        check_replicates(bootstrap, seed)
+    options = dict(
+        x=x, d=d, y=y, group=group, space=space, holdout=holdout, n_bootstrap=bootstrap, seed=seed
+    )
+    results = _saved_or_fitted(table, form, options, quiet)
     points = critical_points(results, xs=at, d_range=(d_min, d_max), form=form)
+    if json_out:
+        typer.echo(json.dumps({"critical": [p.to_dict() for p in points]}, indent=1))
+    else:
+        _render_critical(points, results)
     if plot is not None:
         from ftscale.report.figures import plot_critical
 
-        plot_critical(points, plot, x_label=results[0].variables.get("x", "X"))
-    if json_out:
-        typer.echo(json.dumps({"critical": [p.to_dict() for p in points]}, indent=1))
-        return
+        x_label = results[0].variables.get("x", "X")
+        _finish([(plot, _plot_writer(plot_critical, points, x_label=x_label))])
+
+
+def _render_critical(points, results) -> None:
     grid = Table(title=f"Critical finetuning-data sizes ({results[0].variables['d']})")
     for column in ("pair", "X", "crossings", "95% interval", "H·X^γ"):
         grid.add_column(column)
+    notes = {}
     for p in points:
+        closed = "-"
+        if p.closed_form is not None:
+            closed = f"{_fmt(p.closed_form[0])}·X^{_fmt(p.closed_form[1], 3)}"
+        if p.closed_form_note:
+            notes[f"{p.first} vs {p.second}"] = p.closed_form_note
+            closed = ("≈ " + closed + " †") if p.closed_form is not None else "- †"
+        x_text = _fmt(p.x) + (" (extrapolated)" if p.x_extrapolated else "")
         grid.add_row(
             f"{p.first} vs {p.second}",
-            _fmt(p.x),
+            x_text,
             ", ".join(
                 _fmt(c) + (" (extrapolated)" if out else "")
                 for c, out in zip(p.crossings, p.extrapolated(), strict=True)
             )
             or "none in range",
             "-" if p.interval is None else f"[{_fmt(p.interval[0])}, {_fmt(p.interval[1])}]",
-            "-"
-            if p.closed_form is None
-            else f"{_fmt(p.closed_form[0])}·X^{_fmt(p.closed_form[1], 3)}",
+            closed,
         )
-    Console().print(grid)
+    console = Console()
+    console.print(grid)
+    for pair, note in notes.items():
+        console.print(f"† {pair}: {note}", markup=False)
+    for r in results:
+        for warning in r.warnings:
+            console.print(f"! {r.group or '-'} {r.form}: {warning}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

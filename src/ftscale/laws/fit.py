@@ -67,6 +67,7 @@ def check_runs(
     *,
     n_free: int | None = None,
     names: Sequence[str] | None = None,
+    rows: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate runs for fitting ``form`` and return them as float arrays (sizes, losses).
 
@@ -80,28 +81,33 @@ def check_runs(
         y: losses in nats per token, shape (n,).
         n_free: free parameters (default: all of the form's).
         names: labels for the size variables in messages (e.g. table column names).
+        rows: the row number shown in messages for each run (default: its position counted
+            from 1); a table passes the file's row numbers.
     """
     sizes = as_sizes(form, X)
     losses = np.asarray(y, dtype=float).reshape(-1)
     labels = list(names) if names is not None else list(form.variables)
+    shown = np.arange(1, losses.size + 1) if rows is None else np.asarray(rows)
     if sizes.shape[0] != losses.shape[0]:
         raise DataError(f"{sizes.shape[0]} sizes but {losses.shape[0]} losses")
     bad = ~np.isfinite(losses)
     if bad.any():
         raise DataError(
             f"{int(bad.sum())} loss value(s) are NaN or infinite "
-            f"(first at row {int(np.argmax(bad))})"
+            f"(first at row {shown[int(np.argmax(bad))]})"
         )
     if (losses <= 0).any():
         row = int(np.argmax(losses <= 0))
-        raise DataError(f"losses must be positive, got {losses[row]:g} at row {row}")
+        raise DataError(f"losses must be positive, got {losses[row]:g} at row {shown[row]}")
     for j, label in enumerate(labels):
         column = sizes[:, j]
         if not np.isfinite(column).all():
             raise DataError(f"size {label!r} has NaN or infinite values")
         if (column <= 0).any():
             row = int(np.argmax(column <= 0))
-            raise DataError(f"size {label!r} must be positive, got {column[row]:g} at row {row}")
+            raise DataError(
+                f"size {label!r} must be positive, got {column[row]:g} at row {shown[row]}"
+            )
     n_params = len(form.params) if n_free is None else n_free
     if losses.shape[0] < n_params:
         raise DataError(
@@ -407,11 +413,14 @@ class ScalingLaw:
             )
         return fixed
 
-    def objective(self, X, y, *, names: Sequence[str] | None = None) -> HuberObjective:
+    def objective(
+        self, X, y, *, names: Sequence[str] | None = None, rows: Sequence[int] | None = None
+    ) -> HuberObjective:
         """The Huber objective this law minimises on runs (X, y), after validating them."""
         form = self.form_
         fixed = self._fixed_positions(form)
-        sizes, losses = check_runs(form, X, y, n_free=len(form.params) - len(fixed), names=names)
+        n_free = len(form.params) - len(fixed)
+        sizes, losses = check_runs(form, X, y, n_free=n_free, names=names, rows=rows)
         block = Block(form, sizes, losses, np.arange(len(form.params)))
         return HuberObjective(
             [block], len(form.params), space=self.space, delta=self.delta, fixed=fixed
@@ -424,6 +433,7 @@ class ScalingLaw:
         *,
         names: Sequence[str] | None = None,
         extra_starts: np.ndarray | None = None,
+        rows: Sequence[int] | None = None,
     ) -> ScalingLaw:
         """Fit the law to runs and return ``self``.
 
@@ -433,8 +443,9 @@ class ScalingLaw:
             y: losses, nats per token, shape (n,).
             names: labels for the size variables in error messages.
             extra_starts: full search-space vectors refined in addition to the grid's best.
+            rows: row numbers for error messages (see :func:`check_runs`).
         """
-        objective = self.objective(X, y, names=names)
+        objective = self.objective(X, y, names=names, rows=rows)
         form = self.form_
         starts = np.unique(form.starts(np.asarray(y, float))[:, objective.free], axis=0)
         extra = None if extra_starts is None else np.atleast_2d(extra_starts)[:, objective.free]

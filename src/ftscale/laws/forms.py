@@ -13,11 +13,16 @@ name                      law                                     variables
 ``multiplicative``        L(X, D) = A / (X^alpha D^beta) + E      x, d
 ``additive``              L(X, D) = A / X^alpha + B / D^beta + E  x, d
 ``rectified``             L(D) = B / (D_l + D^beta) + E           d
+``prelearned``            L(X, D) = A / (X^alpha (D_l + D^beta))  x, d
+                          + E
 ========================  =====================================  ==================
 
 ``rectified`` is Lin et al. (2024), "Selecting Large Language Model to Fine-tune via Rectified
-Scaling Law", for finetuning curves that start flat. Users add their own forms with
-:func:`register_form`.
+Scaling Law", for finetuning curves that start flat. ``prelearned`` carries its pre-learned data
+term D_l into the study's joint law: flat while D^beta << D_l, the multiplicative law once
+D^beta >> D_l; X is any of the study's factors (model size, pretraining tokens, PET size). Users add
+their own forms with :func:`register_form`, :func:`custom_form`, or from the command line (see
+:mod:`ftscale.laws.userforms`).
 
 Three of the built-ins are sums of exponentials of functions linear in the parameters (e.g.
 ``multiplicative`` is exp(a - alpha log X - beta log D) + exp(e)); they are evaluated as a
@@ -317,6 +322,14 @@ def _rectified(p: Mapping[str, np.ndarray], d: np.ndarray) -> np.ndarray:
     return p["B"] / (p["D_l"] + d ** p["beta"]) + p["E"]
 
 
+def _prelearned(p: Mapping[str, np.ndarray], x: np.ndarray, d: np.ndarray) -> np.ndarray:
+    return p["A"] / (x ** p["alpha"] * (p["D_l"] + d ** p["beta"])) + p["E"]
+
+
+#: Starts of dl = log D_l: none (e^0 = 1 example-equivalent) to e^10 (~22,000).
+_DL_AXIS = (0.0, 2.5, 5.0, 10.0)
+
+
 POWER = register_form(
     LawForm(
         name="power",
@@ -361,11 +374,29 @@ RECTIFIED = register_form(
         log_params={"b": "B", "dl": "D_l", "e": "E"},
         grid={
             "b": _SCALE_AXIS,
-            "dl": (0.0, 2.5, 5.0, 10.0),
+            "dl": _DL_AXIS,
             "beta": (0.1, 0.25, 0.5, 1.0, 1.5),
             "e": _e_axis,
         },
         formula="B / (D_l + D^beta) + E",
         function=_rectified,
+    )
+)
+
+PRELEARNED = register_form(
+    LawForm(
+        name="prelearned",
+        variables=("x", "d"),
+        params=("a", "alpha", "dl", "beta", "e"),
+        log_params={"a": "A", "dl": "D_l", "e": "E"},
+        grid={
+            "a": (0.0, 5.0, 10.0, 15.0),
+            "alpha": (0.0, 0.1, 0.25, 0.5),
+            "dl": _DL_AXIS,
+            "beta": (0.1, 0.25, 0.5, 1.0),
+            "e": _e_axis,
+        },
+        formula="A / (X^alpha (D_l + D^beta)) + E",
+        function=_prelearned,
     )
 )

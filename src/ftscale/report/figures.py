@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,8 +46,10 @@ def _save(fig, path: str | Path) -> Path:
 def plot_fits(results: Sequence[FitResult], path: str | Path, *, y_label: str = "") -> Path:
     """Observed runs and fitted curves, one panel per group, like the study's Figure 2.
 
-    Loss against finetuning-data size on log x; for two-variable forms one colour per X value.
-    Held-out runs are drawn hollow; each form's Delta_e and Delta_h (nats) are in the legend.
+    Loss against finetuning-data size on log x; for two-variable forms one colour per X value,
+    one-variable forms (which ignore X) one black curve. Held-out runs are drawn hollow; each
+    form's Delta_e and Delta_h (nats) are in the legend, the selected form is starred, and a form
+    with diagnostics is marked and its warnings are printed under the panel.
     """
     groups = list(dict.fromkeys(r.group for r in results))
     forms = list(dict.fromkeys(r.form for r in results))
@@ -55,50 +58,76 @@ def plot_fits(results: Sequence[FitResult], path: str | Path, *, y_label: str = 
     )
     for ax, group in zip(axes[0], groups, strict=True):
         panel = [r for r in results if r.group == group]
-        first = panel[0]
-        d_col = first.sizes[:, -1]
-        two_var = first.sizes.shape[1] == 2
-        xs = np.unique(first.sizes[:, 0]) if two_var else np.array([np.nan])
-        colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(xs)))
-        d_line = np.geomspace(d_col.min() / 1.2, d_col.max() * 1.2, 200)
-        for x, colour in zip(xs, colours, strict=True):
-            rows = first.sizes[:, 0] == x if two_var else np.ones(len(d_col), bool)
-            fit_rows, held_rows = rows & ~first.heldout, rows & first.heldout
-            label = f"{first.variables['x']}={x:.3g}" if two_var else "runs"
-            ax.scatter(d_col[fit_rows], first.observed[fit_rows], color=colour, s=18, label=label)
-            ax.scatter(
-                d_col[held_rows],
-                first.observed[held_rows],
-                facecolors="none",
-                edgecolors=colour,
-                s=40,
-                linewidths=1.4,
-            )
-            for result in panel:
-                style = _LINESTYLES[forms.index(result.form) % len(_LINESTYLES)]
-                grid = np.column_stack([np.full_like(d_line, x), d_line]) if two_var else d_line
-                ax.plot(d_line, result.law.predict(grid), style, color=colour, lw=1.1)
-        for result in panel:
-            style = _LINESTYLES[forms.index(result.form) % len(_LINESTYLES)]
-            ax.plot(
-                [],
-                [],
-                style,
-                color="black",
-                label=f"{result.form}: Δe={result.delta_e:.4f} Δh={result.delta_h:.4f}",
-            )
-        ax.scatter([], [], facecolors="none", edgecolors="black", label="held out")
-        ax.set_xscale("log")
-        _log_axis(ax.xaxis)
-        ax.set_xlabel(first.variables["d"])
+        _panel(ax, panel, forms)
         ax.set_ylabel(y_label or "loss (nats/token)")
         ax.set_title(group if group is not None else "")
-        # Below the panel: flat curves (prompt tuning) leave no empty corner inside it.
-        ax.legend(
-            fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2
-        )
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _panel(ax, panel: Sequence[FitResult], forms: list[str]) -> None:
+    # Colour by X from a two-variable fit when there is one: its sizes carry X.
+    ref = next((r for r in panel if r.sizes.shape[1] == 2), panel[0])
+    d_col = ref.sizes[:, -1]
+    two_var = ref.sizes.shape[1] == 2
+    xs = np.unique(ref.sizes[:, 0]) if two_var else np.array([np.nan])
+    colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(xs)))
+    d_line = np.geomspace(d_col.min() / 1.2, d_col.max() * 1.2, 200)
+    for x, colour in zip(xs, colours, strict=True):
+        rows = ref.sizes[:, 0] == x if two_var else np.ones(len(d_col), bool)
+        fit_rows, held_rows = rows & ~ref.heldout, rows & ref.heldout
+        label = f"{ref.variables['x']}={x:.3g}" if two_var else "runs"
+        ax.scatter(d_col[fit_rows], ref.observed[fit_rows], color=colour, s=18, label=label)
+        ax.scatter(
+            d_col[held_rows],
+            ref.observed[held_rows],
+            facecolors="none",
+            edgecolors=colour,
+            s=40,
+            linewidths=1.4,
+        )
+        for result in panel:
+            if result.sizes.shape[1] == 2:
+                style = _LINESTYLES[forms.index(result.form) % len(_LINESTYLES)]
+                grid = np.column_stack([np.full_like(d_line, x), d_line])
+                with np.errstate(all="ignore"):
+                    ax.plot(d_line, result.law.predict(grid), style, color=colour, lw=1.1)
+    notes = []
+    for result in panel:
+        style = _LINESTYLES[forms.index(result.form) % len(_LINESTYLES)]
+        one_var = result.sizes.shape[1] == 1
+        if one_var:
+            with np.errstate(all="ignore"):
+                ax.plot(d_line, result.law.predict(d_line), style, color="black", lw=1.1)
+        mark = (" *" if result.selected else "") + (" (!)" if result.warnings else "")
+        ax.plot(
+            [],
+            [],
+            style,
+            color="black",
+            label=f"{result.form}{mark}: Δe={result.delta_e:.4f} Δh={result.delta_h:.4f}",
+        )
+        notes += [f"(!) {result.form}: {w}" for w in result.warnings]
+    ax.scatter([], [], facecolors="none", edgecolors="black", label="held out")
+    ax.set_xscale("log")
+    _log_axis(ax.xaxis)
+    ax.set_xlabel(ref.variables["d"])
+    # Below the panel: flat curves (prompt tuning) leave no empty corner inside it.
+    legend = ax.legend(
+        fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2
+    )
+    if notes:
+        text = "\n".join(textwrap.shorten(n, 90) for n in notes[:8])
+        ax.annotate(
+            text,
+            xy=(0.0, 0.0),
+            xycoords=legend,
+            xytext=(0, -4),
+            textcoords="offset points",
+            va="top",
+            fontsize=5.5,
+            color="darkred",
+        )
 
 
 def plot_critical(points: Sequence[CriticalPoint], path: str | Path, *, x_label: str = "X") -> Path:
