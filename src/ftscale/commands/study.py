@@ -61,7 +61,9 @@ def run_command(
     options = ExecutorOptions(
         workers=run.workers if workers is None else workers,
         threads=run.threads if threads is None else threads,
-        address=address, num_cpus=run.num_cpus, num_gpus=run.num_gpus,
+        address=address,
+        num_cpus=run.num_cpus,
+        num_gpus=run.num_gpus,
     )
     name = executor or run.executor
     if address and name != "ray":
@@ -69,13 +71,21 @@ def run_command(
     make_executor(name, options)  # unknown executor: fail before writing anything
     target = directory if directory is not None else study.default_dir()
     summary = run_study(
-        study, target, executor=name, options=options, retry_failed=retry_failed,
-        cache=cache, say=(lambda m: None) if quiet else _err,
-        progress="none" if quiet else "auto", report=not no_report,
+        study,
+        target,
+        executor=name,
+        options=options,
+        retry_failed=retry_failed,
+        cache=cache,
+        say=(lambda m: None) if quiet else _err,
+        progress="none" if quiet else "auto",
+        report=not no_report,
     )
     if not quiet:
-        _err(f"{summary.ran} runs done now ({summary.ok} ok, {summary.failed} failed), "
-             f"{summary.skipped} were already in the store; {summary.wall_s:.0f} s")
+        _err(
+            f"{summary.ran} runs done now ({summary.ok} ok, {summary.failed} failed), "
+            f"{summary.skipped} were already in the store; {summary.wall_s:.0f} s"
+        )
         if summary.report:
             _err(f"report: {summary.report['html']}")
     typer.echo(str(summary.study_dir))
@@ -99,13 +109,27 @@ def plan_command(
     workers = study.config.run.workers or default_workers(len(plan), threads_per_worker())
     total = estimate_total(plan, workers)
     rows = [
-        {**r.meta(), "learning_rate": r.job.train_config.learning_rate,
-         "estimate_s": estimate_seconds(r), "key": r.key if plan.data_ready else None}
+        {
+            **r.meta(),
+            "learning_rate": r.job.train_config.learning_rate,
+            "estimate_s": estimate_seconds(r),
+            "key": r.key if plan.data_ready else None,
+        }
         for r in plan.runs
     ]
     if json_out:
-        typer.echo(json.dumps({"study": study.name, "dir": str(target), "runs": rows,
-                               "estimate_s": total, "workers": workers}, indent=1))
+        typer.echo(
+            json.dumps(
+                {
+                    "study": study.name,
+                    "dir": str(target),
+                    "runs": rows,
+                    "estimate_s": total,
+                    "workers": workers,
+                },
+                indent=1,
+            )
+        )
         return
     from rich.console import Console
     from rich.table import Table
@@ -115,22 +139,37 @@ def plan_command(
         table.add_column(column)
     for r in rows:
         table.add_row(
-            r["method"], r["rung"], _n(r["tokens_seen"]), _n(r["nonembedding_params"]),
-            _n(r["method_size"]), str(r["examples"]), str(r["subset_seed"]), ",".join(r["sweeps"]),
+            r["method"],
+            r["rung"],
+            _n(r["tokens_seen"]),
+            _n(r["nonembedding_params"]),
+            _n(r["method_size"]),
+            str(r["examples"]),
+            str(r["subset_seed"]),
+            ",".join(r["sweeps"]),
             _n(r["learning_rate"]) if r["learning_rate"] is not None else "default",
         )
     Console().print(table)
-    cost = (f"about {total / 60:.1f} min on {workers} worker(s), ladder build and lr searches "
-            "not included (rough CPU estimate)" if total is not None else
-            "cost unknown until the base models' sizes are known (build the ladder or give "
-            "[sizes])")
+    cost = (
+        f"about {total / 60:.1f} min on {workers} worker(s), ladder build and lr searches "
+        "not included (rough CPU estimate)"
+        if total is not None
+        else "cost unknown until the base models' sizes are known (build the ladder or give "
+        "[sizes])"
+    )
     typer.echo(f"{len(rows)} runs; {cost}; results would go to {target}")
 
 
 def _n(value) -> str:
     if value is None:
         return "?"
-    return f"{value:,}" if isinstance(value, int) else f"{value:g}" if isinstance(value, float) else str(value)
+    return (
+        f"{value:,}"
+        if isinstance(value, int)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
 
 
 @study_app.command("status")
@@ -146,12 +185,15 @@ def status_command(
         typer.echo(json.dumps(info, indent=1))
         return
     c = info["counts"]
-    typer.echo(f"study {info['study']} in {info['dir']}: {info['planned']} runs planned; "
-               f"{c['ok']} ok, {c['failed']} failed, {c['running']} running, "
-               f"{c['pending']} pending; {info['run_seconds']:.0f} s of runs")
+    typer.echo(
+        f"study {info['study']} in {info['dir']}: {info['planned']} runs planned; "
+        f"{c['ok']} ok, {c['failed']} failed, {c['running']} running, "
+        f"{c['pending']} pending; {info['run_seconds']:.0f} s of runs"
+    )
     for f in info["failed"]:
-        typer.echo(f"  failed {f['key']} {f['method']} {f['rung']} D_f={f['examples']}: "
-                   f"{f['error']}")
+        typer.echo(
+            f"  failed {f['key']} {f['method']} {f['rung']} D_f={f['examples']}: {f['error']}"
+        )
     for s in info["lr_searches"]:
         typer.echo(f"  lr search {s['group']}: {s['learning_rate']:g}")
     typer.echo("complete" if info["complete"] else "incomplete: `ftscale study run` resumes it")
@@ -161,13 +203,16 @@ def status_command(
 def export_command(
     directory: DirArg,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="CSV or Parquet file (default DIR/runs.csv).")
+        Path | None,
+        typer.Option("--output", "-o", help="CSV or Parquet file (default DIR/runs.csv)."),
     ] = None,
 ) -> None:
     """Write the runs as CSV or Parquet with the columns `ftscale fit` takes by default."""
-    from ftscale.study.runner import export_table
+    from ftscale.study.runner import check_export_path, export_table
     from ftscale.study.store import open_store
 
+    if output is not None:
+        check_export_path(output)
     open_store(directory).close()  # a one-line error before choosing the default output
     out = output if output is not None else Path(directory) / "runs.csv"
     n = export_table(directory, out)

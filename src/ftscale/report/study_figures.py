@@ -60,21 +60,38 @@ def _sweep_figure(analysis: dict, sweep: str, x_label: str) -> bytes | None:
         grid = np.geomspace(min(ds) * 0.8, max(ds) * 1.25, 80)
         for i, x in enumerate(xs):
             colour = _COLOURS[i % len(_COLOURS)]
-            ax.plot(grid, law.predict(np.column_stack([np.full_like(grid, x), grid])),
-                    color=colour, lw=1.2, label=f"{x_label}={x:.3g}")
+            ax.plot(
+                grid,
+                law.predict(np.column_stack([np.full_like(grid, x), grid])),
+                color=colour,
+                lw=1.2,
+                label=f"{x_label}={x:.3g}",
+            )
             pts = [p for p in entry["points"] if p["x"] == x]
             fit = [p for p in pts if not p["heldout"]]
             held = [p for p in pts if p["heldout"]]
-            ax.scatter([p["examples"] for p in fit], [p["observed"] for p in fit], color=colour, s=18)
-            ax.scatter([p["examples"] for p in held], [p["observed"] for p in held], color=colour,
-                       s=40, marker="*", edgecolor="black", linewidths=0.5)
+            ax.scatter(
+                [p["examples"] for p in fit], [p["observed"] for p in fit], color=colour, s=18
+            )
+            ax.scatter(
+                [p["examples"] for p in held],
+                [p["observed"] for p in held],
+                color=colour,
+                s=40,
+                marker="*",
+                edgecolor="black",
+                linewidths=0.5,
+            )
         ax.set_xscale("log")
         ax.set_xlabel("finetuning examples D_f")
         ax.set_ylabel("test NLL (nats/token)")
         dh = entry["delta_h"]
-        ax.set_title(f"{entry['method']}  alpha={entry['params']['alpha']:.3g} "
-                     f"beta={entry['params']['beta']:.3g}\nDelta_h="
-                     f"{'-' if dh is None else format(dh, '.3g')}", fontsize=9)
+        ax.set_title(
+            f"{entry['method']}  alpha={entry['params']['alpha']:.3g} "
+            f"beta={entry['params']['beta']:.3g}\nDelta_h="
+            f"{'-' if dh is None else format(dh, '.3g')}",
+            fontsize=9,
+        )
         ax.legend(fontsize=7)
     fig.suptitle("dots: fitted points; stars: held out; lines: fitted law", fontsize=8)
     return _png(fig)
@@ -119,8 +136,9 @@ def critical_figure(analysis: dict) -> bytes | None:
     ax.set_xlabel("model size N (non-embedding parameters)")
     ax.set_ylabel("critical D_f (examples)")
     ax.legend(fontsize=8)
-    ax.set_title("D_f where two methods predict the same loss (bars: bootstrap interval)",
-                 fontsize=9)
+    ax.set_title(
+        "D_f where two methods predict the same loss (bars: bootstrap interval)", fontsize=9
+    )
     return _png(fig)
 
 
@@ -155,10 +173,16 @@ def residuals_figure(analysis: dict) -> bytes | None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     labels = []
     for i, f in enumerate(fits):
-        fit = [p["predicted"] - p["observed"] for p in f["points"]
-               if not p["heldout"] and p["predicted"] is not None]
-        held = [p["predicted"] - p["observed"] for p in f["points"]
-                if p["heldout"] and p["predicted"] is not None]
+        fit = [
+            p["predicted"] - p["observed"]
+            for p in f["points"]
+            if not p["heldout"] and p["predicted"] is not None
+        ]
+        held = [
+            p["predicted"] - p["observed"]
+            for p in f["points"]
+            if p["heldout"] and p["predicted"] is not None
+        ]
         ax.scatter(np.full(len(fit), i), fit, s=10, color="tab:blue")
         ax.scatter(np.full(len(held), i), held, s=30, marker="*", color="tab:red")
         labels.append(f"{f['method']}/{f['sweep']}/{f['form'][:4]}")

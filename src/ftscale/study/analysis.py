@@ -32,8 +32,11 @@ import pandas as pd
 from ftscale.errors import UserError
 
 #: Axis column of each sweep.
-X_COLUMN = {"model_size": "nonembedding_params", "pretraining": "tokens_seen",
-            "pet_size": "method_size"}
+X_COLUMN = {
+    "model_size": "nonembedding_params",
+    "pretraining": "tokens_seen",
+    "pet_size": "method_size",
+}
 #: D_f range searched for critical points (examples).
 CRITICAL_RANGE = (1.0, 1e9)
 #: Finding (3) of the study: PET-size exponents below this are "near zero".
@@ -69,25 +72,49 @@ def runs_frame(rows: Sequence[dict]) -> pd.DataFrame:
     out = []
     for row in rows:
         record = row.get("record") or {}
-        out.append({
-            "key": row["key"], "status": row["status"], "method": row["method"],
-            "rung": row["rung"], "nonembedding_params": row["nonembedding_params"],
-            "tokens_seen": row["tokens_seen"], "method_size": row["method_size"],
-            "examples": row["examples"], "subset_seed": row["subset_seed"],
-            "sweeps": row["sweeps"], "test_nll": row["test_nll"],
-            "improved": _flag_improved(record), "undertrained": _flag_undertrained(record),
-            "best_step": record.get("best_step"), "steps": record.get("steps"),
-            "initial_dev_nll": record.get("initial_dev_nll"),
-            "best_dev_nll": record.get("best_dev_nll"),
-            "learning_rate": record.get("learning_rate"),
-            "trainable_params": record.get("trainable_params"),
-            "train_s": record.get("train_s"), "wall_s": row.get("wall_s"),
-            "gen_bleu": record.get("gen_bleu"), "gen_chrf": record.get("gen_chrf"),
-            "gen_rouge_l": record.get("gen_rouge_l"),
-            "evals": _flat_evals(record.get("evals")), "error": row.get("error"),
-        })
-    columns = ["key", "status", "method", "rung", "nonembedding_params", "tokens_seen",
-               "method_size", "examples", "subset_seed", "sweeps", "test_nll"]
+        out.append(
+            {
+                "key": row["key"],
+                "status": row["status"],
+                "method": row["method"],
+                "rung": row["rung"],
+                "nonembedding_params": row["nonembedding_params"],
+                "tokens_seen": row["tokens_seen"],
+                "method_size": row["method_size"],
+                "examples": row["examples"],
+                "subset_seed": row["subset_seed"],
+                "sweeps": row["sweeps"],
+                "test_nll": row["test_nll"],
+                "improved": _flag_improved(record),
+                "undertrained": _flag_undertrained(record),
+                "best_step": record.get("best_step"),
+                "steps": record.get("steps"),
+                "initial_dev_nll": record.get("initial_dev_nll"),
+                "best_dev_nll": record.get("best_dev_nll"),
+                "learning_rate": record.get("learning_rate"),
+                "trainable_params": record.get("trainable_params"),
+                "train_s": record.get("train_s"),
+                "wall_s": row.get("wall_s"),
+                "gen_bleu": record.get("gen_bleu"),
+                "gen_chrf": record.get("gen_chrf"),
+                "gen_rouge_l": record.get("gen_rouge_l"),
+                "evals": _flat_evals(record.get("evals")),
+                "error": row.get("error"),
+            }
+        )
+    columns = [
+        "key",
+        "status",
+        "method",
+        "rung",
+        "nonembedding_params",
+        "tokens_seen",
+        "method_size",
+        "examples",
+        "subset_seed",
+        "sweeps",
+        "test_nll",
+    ]
     return pd.DataFrame(out, columns=list(out[0]) if out else columns)
 
 
@@ -167,16 +194,30 @@ def _fit_entry(method, sweep, form, law, points, held, boot, shared, level) -> d
         intervals = {k: [_num(a), _num(b)] for k, (a, b) in boot.intervals(level).items()}
         thetas = boot.thetas.tolist()
     return {
-        "method": method, "sweep": sweep, "form": form, "x": X_COLUMN[sweep],
+        "method": method,
+        "sweep": sweep,
+        "form": form,
+        "x": X_COLUMN[sweep],
         "params": {k: float(v) for k, v in law.params_.items()},
-        "shared": shared, "intervals": intervals, "bootstrap_thetas": thetas,
-        "space": law.space, "objective": _num(law.objective_), "converged": bool(law.converged_),
-        "n_fit": int((~held).sum()), "n_heldout": int(held.sum()),
+        "shared": shared,
+        "intervals": intervals,
+        "bootstrap_thetas": thetas,
+        "space": law.space,
+        "objective": _num(law.objective_),
+        "converged": bool(law.converged_),
+        "n_fit": int((~held).sum()),
+        "n_heldout": int(held.sum()),
         "delta_e": _num(mean_abs_deviation(predicted[~held], y[~held])),
         "delta_h": _num(mean_abs_deviation(predicted[held], y[held])),
         "points": [
-            {"x": float(a), "examples": float(d), "observed": float(o), "predicted": _num(p),
-             "heldout": bool(h), "rung": str(r)}
+            {
+                "x": float(a),
+                "examples": float(d),
+                "observed": float(o),
+                "predicted": _num(p),
+                "heldout": bool(h),
+                "rung": str(r),
+            }
             for (a, d), o, p, h, r in zip(X, y, predicted, held, points["rung"], strict=True)
         ],
     }
@@ -192,7 +233,7 @@ def _bootstrap(law, X, y, n: int, seed: int):
 
     if n <= 0:
         return None
-    return bootstrap(law, X, y, n, seed=seed, n_jobs=1)
+    return bootstrap(law, X, y, n, seed=seed)
 
 
 def fit_method(frame, config, method: str, form: str, notes: list[str]) -> list[dict]:
@@ -210,8 +251,11 @@ def fit_method(frame, config, method: str, form: str, notes: list[str]) -> list[
     laws = {}
     if len(data) == 2:
         try:
-            joint = JointScalingLaw(form, space=analysis.space).fit(
-                {s: (_sizes(p)[~h], p["test_nll"].to_numpy(float)[~h]) for s, (p, h) in data.items()}
+            joint = JointScalingLaw(form, space=analysis.space, n_refine=analysis.refine).fit(
+                {
+                    s: (_sizes(p)[~h], p["test_nll"].to_numpy(float)[~h])
+                    for s, (p, h) in data.items()
+                }
             )
             shared = {k: float(v) for k, v in joint.shared_.items()}
             laws = dict(joint.laws_)
@@ -220,15 +264,16 @@ def fit_method(frame, config, method: str, form: str, notes: list[str]) -> list[
     for sweep, (points, held) in data.items():
         if sweep not in laws:
             try:
-                laws[sweep] = ScalingLaw(form, space=analysis.space).fit(
+                laws[sweep] = ScalingLaw(form, space=analysis.space, n_refine=analysis.refine).fit(
                     _sizes(points)[~held], points["test_nll"].to_numpy(float)[~held]
                 )
             except UserError as exc:
                 notes.append(f"{method} {form} {sweep}: not fitted ({exc})")
                 continue
         boot = _safe_bootstrap(laws[sweep], points, held, analysis, notes, f"{method} {sweep}")
-        entries.append(_fit_entry(method, sweep, form, laws[sweep], points, held, boot,
-                                  shared, analysis.level))
+        entries.append(
+            _fit_entry(method, sweep, form, laws[sweep], points, held, boot, shared, analysis.level)
+        )
     if method in config.sweeps.pet_size.sizes and config.sweeps.pet_size.enabled:
         entries += _fit_pet(frame, config, method, form, shared, notes)
     return entries
@@ -236,8 +281,13 @@ def fit_method(frame, config, method: str, form: str, notes: list[str]) -> list[
 
 def _safe_bootstrap(law, points, held, analysis, notes, where):
     try:
-        return _bootstrap(law, _sizes(points)[~held], points["test_nll"].to_numpy(float)[~held],
-                          analysis.bootstrap, analysis.seed)
+        return _bootstrap(
+            law,
+            _sizes(points)[~held],
+            points["test_nll"].to_numpy(float)[~held],
+            analysis.bootstrap,
+            analysis.seed,
+        )
     except UserError as exc:
         notes.append(f"{where}: no bootstrap ({exc})")
         return None
@@ -252,15 +302,18 @@ def _fit_pet(frame, config, method, form, shared, notes) -> list[dict]:
     held = heldout_mask(points, "pet_size", config)
     fixed = {k: v for k, v in (shared or {}).items() if k in ("beta", "E")}
     try:
-        law = ScalingLaw(form, space=config.analysis.space, fixed=fixed).fit(
-            _sizes(points)[~held], points["test_nll"].to_numpy(float)[~held]
-        )
+        law = ScalingLaw(
+            form, space=config.analysis.space, fixed=fixed, n_refine=config.analysis.refine
+        ).fit(_sizes(points)[~held], points["test_nll"].to_numpy(float)[~held])
     except UserError as exc:
         notes.append(f"{method} {form} pet_size: not fitted ({exc})")
         return []
     boot = _safe_bootstrap(law, points, held, config.analysis, notes, f"{method} pet_size")
-    return [_fit_entry(method, "pet_size", form, law, points, held, boot, shared or None,
-                       config.analysis.level)]
+    return [
+        _fit_entry(
+            method, "pet_size", form, law, points, held, boot, shared or None, config.analysis.level
+        )
+    ]
 
 
 # -- critical data sizes --------------------------------------------------------------------------
@@ -279,8 +332,9 @@ def boot_of(entry: dict):
 
     if not entry.get("bootstrap_thetas"):
         return None
-    thetas = np.array([[np.nan if v is None else v for v in row]
-                       for row in entry["bootstrap_thetas"]], float)
+    thetas = np.array(
+        [[np.nan if v is None else v for v in row] for row in entry["bootstrap_thetas"]], float
+    )
     return Bootstrap(law=law_of(entry), thetas=thetas, seed=0)
 
 
@@ -295,8 +349,12 @@ def critical_sizes(fits: list[dict], form: str, level: float) -> list[dict]:
         xs = sorted({p["x"] for p in f1["points"]} | {p["x"] for p in f2["points"]})
         law1, law2 = law_of(f1), law_of(f2)
         b1, b2 = boot_of(f1), boot_of(f2)
-        d_lo = max(min(p["examples"] for p in f1["points"]), min(p["examples"] for p in f2["points"]))
-        d_hi = min(max(p["examples"] for p in f1["points"]), max(p["examples"] for p in f2["points"]))
+        d_lo = max(
+            min(p["examples"] for p in f1["points"]), min(p["examples"] for p in f2["points"])
+        )
+        d_hi = min(
+            max(p["examples"] for p in f1["points"]), max(p["examples"] for p in f2["points"])
+        )
         for x in xs:
             found = crossings(law1, law2, x, CRITICAL_RANGE)
             interval = None
@@ -305,12 +363,19 @@ def critical_sizes(fits: list[dict], form: str, level: float) -> list[dict]:
                 interval = [_num(lo), _num(hi)]
             small = np.array([[x, d_lo]])
             first_better = bool(law1.predict(small)[0] < law2.predict(small)[0])
-            out.append({
-                "first": m1, "second": m2, "x": x, "form": form, "crossings": found,
-                "interval": interval, "better_at_small_data": m1 if first_better else m2,
-                "observed_range": [d_lo, d_hi],
-                "extrapolated": [not d_lo <= c <= d_hi for c in found],
-            })
+            out.append(
+                {
+                    "first": m1,
+                    "second": m2,
+                    "x": x,
+                    "form": form,
+                    "crossings": found,
+                    "interval": interval,
+                    "better_at_small_data": m1 if first_better else m2,
+                    "observed_range": [d_lo, d_hi],
+                    "extrapolated": [not d_lo <= c <= d_hi for c in found],
+                }
+            )
     return out
 
 
@@ -323,16 +388,21 @@ def trends(frame: pd.DataFrame) -> dict:
     out = {}
     ok = frame[(frame["status"] == "ok") & frame["test_nll"].notna()]
     ok = ok[ok["sweeps"].map(lambda s: "model_size" in s)]
-    for name, across, within in (("model_size", "nonembedding_params", "examples"),
-                                 ("data_size", "examples", "nonembedding_params")):
+    for name, across, within in (
+        ("model_size", "nonembedding_params", "examples"),
+        ("data_size", "examples", "nonembedding_params"),
+    ):
         falls = total = 0
         for _, sub in ok.groupby(["method", within]):
             means = sub.groupby(across)["test_nll"].mean().sort_index().to_numpy()
             diffs = np.diff(means)
             falls += int((diffs < 0).sum())
             total += int(diffs.size)
-        out[name] = {"falling_pairs": falls, "pairs": total,
-                     "falls": bool(total and falls / total >= 0.75)}
+        out[name] = {
+            "falling_pairs": falls,
+            "pairs": total,
+            "falls": bool(total and falls / total >= 0.75),
+        }
     return out
 
 
@@ -346,8 +416,12 @@ def generalisation(frame: pd.DataFrame) -> list[dict]:
         sub = sub[sub["sweeps"].map(lambda s: "model_size" in s)]
         if sub.empty:
             continue
-        row = {"method": method, "rung": rung, "nonembedding_params": params,
-               "examples": int(examples)}
+        row = {
+            "method": method,
+            "rung": rung,
+            "nonembedding_params": params,
+            "examples": int(examples),
+        }
         for metric in ("gen_bleu", "gen_chrf", "gen_rouge_l"):
             values = sub[metric].dropna()
             if len(values):
@@ -369,10 +443,17 @@ def flagged(frame: pd.DataFrame) -> list[dict]:
         if row["undertrained"] is True:
             reasons.append("best at its last step (still improving)")
         if reasons:
-            out.append({"key": row["key"], "method": row["method"], "rung": row["rung"],
-                        "tokens_seen": _int(row["tokens_seen"]),
-                        "method_size": _int(row["method_size"]),
-                        "examples": int(row["examples"]), "reasons": reasons})
+            out.append(
+                {
+                    "key": row["key"],
+                    "method": row["method"],
+                    "rung": row["rung"],
+                    "tokens_seen": _int(row["tokens_seen"]),
+                    "method_size": _int(row["method_size"]),
+                    "examples": int(row["examples"]),
+                    "reasons": reasons,
+                }
+            )
     return out
 
 
@@ -394,60 +475,105 @@ def findings(fits: list[dict], critical: list[dict], config) -> list[dict]:
     held = [(m, get[(m, "model_size")]) for m in methods if (m, "model_size") in get]
     held = [(m, f) for m, f in held if f["delta_h"] is not None]
     detail = {m: f["delta_h"] for m, f in held}
-    add = {f["method"]: f["delta_h"] for f in fits
-           if f["form"] == "additive" and f["sweep"] == "model_size" and f["delta_h"] is not None}
+    add = {
+        f["method"]: f["delta_h"]
+        for f in fits
+        if f["form"] == "additive" and f["sweep"] == "model_size" and f["delta_h"] is not None
+    }
     if held:
         mean_loss = np.mean([p["observed"] for _, f in held for p in f["points"]])
         ok = all(f["delta_h"] <= SMALL_DELTA_H * mean_loss for _, f in held)
         wins = sum(1 for m, f in held if m in add and f["delta_h"] <= add[m])
-        text = (f"multiplicative Delta_h (model size) {_fmt_map(detail)}; additive "
-                f"{_fmt_map(add)}; the multiplicative law has the lower held-out error for "
-                f"{wins} of {len(held)} methods (threshold for 'small': "
-                f"{SMALL_DELTA_H:.0%} of the mean loss, {SMALL_DELTA_H * mean_loss:.3f} nats)")
+        text = (
+            f"multiplicative Delta_h (model size) {_fmt_map(detail)}; additive "
+            f"{_fmt_map(add)}; the multiplicative law has the lower held-out error for "
+            f"{wins} of {len(held)} methods (threshold for 'small': "
+            f"{SMALL_DELTA_H:.0%} of the mean loss, {SMALL_DELTA_H * mean_loss:.3f} nats)"
+        )
         out.append(_finding(1, "The multiplicative law fits with small held-out error", ok, text))
     else:
-        out.append(_finding(1, "The multiplicative law fits with small held-out error", None,
-                            "no held-out model-size points"))
+        out.append(
+            _finding(
+                1,
+                "The multiplicative law fits with small held-out error",
+                None,
+                "no held-out model-size points",
+            )
+        )
 
     # (2) alpha for model size > alpha for pretraining data.
-    pairs = {m: (get[(m, "model_size")]["params"]["alpha"], get[(m, "pretraining")]["params"]["alpha"])
-             for m in methods if (m, "model_size") in get and (m, "pretraining") in get}
+    pairs = {
+        m: (get[(m, "model_size")]["params"]["alpha"], get[(m, "pretraining")]["params"]["alpha"])
+        for m in methods
+        if (m, "model_size") in get and (m, "pretraining") in get
+    }
     ok = bool(pairs) and all(a > b for a, b in pairs.values())
-    text = "; ".join(f"{m}: alpha(model) {a:.3g} vs alpha(pretraining) {b:.3g}" for m, (a, b) in pairs.items())
-    out.append(_finding(2, "Model size helps more than pretraining data (alpha_model > alpha_data)",
-                        ok if pairs else None, text or "needs both sweeps"))
+    text = "; ".join(
+        f"{m}: alpha(model) {a:.3g} vs alpha(pretraining) {b:.3g}" for m, (a, b) in pairs.items()
+    )
+    out.append(
+        _finding(
+            2,
+            "Model size helps more than pretraining data (alpha_model > alpha_data)",
+            ok if pairs else None,
+            text or "needs both sweeps",
+        )
+    )
 
     # (3) PET-size exponents near zero.
     pet = {m: get[(m, "pet_size")]["params"]["alpha"] for m in methods if (m, "pet_size") in get}
     ok = bool(pet) and all(abs(a) < PET_ALPHA_NEAR_ZERO for a in pet.values())
     text = "; ".join(f"{m}: alpha(PET size) {a:.3g}" for m, a in pet.items())
-    out.append(_finding(3, f"PET size buys almost nothing (|alpha_PET| < {PET_ALPHA_NEAR_ZERO:g})",
-                        ok if pet else None, text or "no PET-size sweep"))
+    out.append(
+        _finding(
+            3,
+            f"PET size buys almost nothing (|alpha_PET| < {PET_ALPHA_NEAR_ZERO:g})",
+            ok if pet else None,
+            text or "no PET-size sweep",
+        )
+    )
 
     # (4) beta: FMT > PET; LoRA > prompt.
-    betas = {m: get[(m, "model_size")]["params"]["beta"] for m in methods if (m, "model_size") in get}
+    betas = {
+        m: get[(m, "model_size")]["params"]["beta"] for m in methods if (m, "model_size") in get
+    }
     checks = []
     if "fmt" in betas:
         checks += [betas["fmt"] > betas[m] for m in ("lora", "prompt") if m in betas]
     if "lora" in betas and "prompt" in betas:
         checks.append(betas["lora"] > betas["prompt"])
     text = "beta (model-size fits): " + _fmt_map(betas)
-    out.append(_finding(4, "beta is larger for FMT than for PET, and for LoRA than for prompt",
-                        all(checks) if checks else None, text))
+    out.append(
+        _finding(
+            4,
+            "beta is larger for FMT than for PET, and for LoRA than for prompt",
+            all(checks) if checks else None,
+            text,
+        )
+    )
 
     # (5) critical data sizes exist; PET first at small data.
     found = [c for c in critical if c["crossings"]]
     fmt_pairs = [c for c in critical if "fmt" in (c["first"], c["second"])]
     pet_first = [c for c in fmt_pairs if c["better_at_small_data"] != "fmt"]
-    text = (f"{len(found)} of {len(critical)} (pair, model size) cases cross in "
-            f"[{CRITICAL_RANGE[0]:g}, {CRITICAL_RANGE[1]:g}] examples; PET ahead of FMT at the "
-            f"smallest D_f in {len(pet_first)} of {len(fmt_pairs)} cases")
-    first = [f"{c['first']}/{c['second']} at X={c['x']:.3g}: {c['crossings'][0]:.0f}"
-             for c in found[:6]]
+    text = (
+        f"{len(found)} of {len(critical)} (pair, model size) cases cross in "
+        f"[{CRITICAL_RANGE[0]:g}, {CRITICAL_RANGE[1]:g}] examples; PET ahead of FMT at the "
+        f"smallest D_f in {len(pet_first)} of {len(fmt_pairs)} cases"
+    )
+    first = [
+        f"{c['first']}/{c['second']} at X={c['x']:.3g}: {c['crossings'][0]:.0f}" for c in found[:6]
+    ]
     if first:
         text += "; e.g. " + ", ".join(first)
-    out.append(_finding(5, "Critical data sizes exist (PET first at small data, FMT later)",
-                        bool(found) and bool(pet_first) if critical else None, text))
+    out.append(
+        _finding(
+            5,
+            "Critical data sizes exist (PET first at small data, FMT later)",
+            bool(found) and bool(pet_first) if critical else None,
+            text,
+        )
+    )
     return out
 
 
@@ -475,13 +601,15 @@ def analyse(rows: Sequence[dict], config) -> dict:
                 for form in config.analysis.forms:
                     fits += fit_method(frame, config, method, form, notes)
         notes += sorted({str(w.message) for w in caught})
-    form = "multiplicative" if "multiplicative" in config.analysis.forms else config.analysis.forms[0]
+    form = (
+        "multiplicative" if "multiplicative" in config.analysis.forms else config.analysis.forms[0]
+    )
     critical = critical_sizes(fits, form, config.analysis.level)
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     return {
         "study": config.name,
         "counts": {k: int(v) for k, v in counts.items()},
-        "n_runs": int(len(frame)),
+        "n_runs": len(frame),
         "fits": fits,
         "critical": critical,
         "critical_form": form,

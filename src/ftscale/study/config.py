@@ -163,25 +163,31 @@ class TrainSection(_Strict):
 
 
 class AnalysisSection(_Strict):
-    """How the runs are fitted: law ``forms`` (registered names), residual ``space``, bootstrap
-    replicates (0: no intervals), its ``seed`` and the interval ``level``."""
+    """How the runs are fitted: law ``forms`` (registered two-variable forms), residual
+    ``space``, bootstrap replicates (0: no intervals), ``refine`` (best grid starts refined by
+    L-BFGS in each fit), the bootstrap ``seed`` and the interval ``level``."""
 
     forms: list[str] = Field(default_factory=lambda: ["multiplicative", "additive"])
     space: Literal["log", "linear"] = "log"
     bootstrap: Annotated[int, Field(ge=0, le=100_000)] = 200
+    refine: Annotated[int, Field(ge=1, le=4096)] = 16
     seed: int = 0
     level: Annotated[float, Field(gt=0, lt=1)] = 0.95
 
     @field_validator("forms")
     @classmethod
     def _known_forms(cls, forms: list[str]) -> list[str]:
-        from ftscale.laws import available_forms
+        from ftscale.laws import available_forms, get_form
 
         if not forms:
             raise ValueError("must name at least one law form")
         for name in forms:
             if name not in available_forms():
-                raise ValueError(f"unknown law form {name!r} (known: {', '.join(available_forms())})")
+                raise ValueError(
+                    f"unknown law form {name!r} (known: {', '.join(available_forms())})"
+                )
+            if get_form(name).variables != ("x", "d"):
+                raise ValueError(f"law form {name!r} is not a law of (X, D_f)")
         return forms
 
 
@@ -250,7 +256,10 @@ def _problems(exc: ValidationError) -> str:
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     out = []
     for err in errors:
-        where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal["))) or "(top level)"
+        where = (
+            ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[")))
+            or "(top level)"
+        )
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
         shown = (
@@ -293,7 +302,9 @@ class Study:
 def builtin_studies() -> list[str]:
     """Names of the study files shipped with ftscale (``builtin:NAME``)."""
     folder = resources.files("ftscale.study") / "configs"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
 
 
 def read_text(source: str | Path) -> tuple[str, str, Path]:
@@ -386,7 +397,7 @@ def _check_methods(config: StudyConfig, origin: str) -> None:
             raise UserError(f"{origin}: methods.{name}: {exc}") from None
         except TypeError as exc:
             raise UserError(f"{origin}: methods.{name}: {exc}") from None
-    for name, sizes in config.sweeps.pet_size.sizes.items():
+    for name in config.sweeps.pet_size.sizes:
         option = size_option(name)
         if option is None:
             raise UserError(

@@ -156,8 +156,13 @@ def _outcome(future) -> dict[str, Any]:
     try:
         return future.result()
     except Exception as exc:
-        return {"status": "failed", "record": None, "search": None,
-                "error": f"worker died: {type(exc).__name__}: {first_line(exc)}", "wall_s": None}
+        return {
+            "status": "failed",
+            "record": None,
+            "search": None,
+            "error": f"worker died: {type(exc).__name__}: {first_line(exc)}",
+            "wall_s": None,
+        }
 
 
 @register_executor("ray")
@@ -205,8 +210,13 @@ class RayExecutor(Executor):
                     except Exception as exc:  # task died (node lost, worker killed)
                         from ftscale.common import first_line
 
-                        outcome = {"status": "failed", "record": None, "search": None,
-                                   "error": f"ray task failed: {first_line(exc)}", "wall_s": None}
+                        outcome = {
+                            "status": "failed",
+                            "record": None,
+                            "search": None,
+                            "error": f"ray task failed: {first_line(exc)}",
+                            "wall_s": None,
+                        }
                     yield task_id, outcome
         finally:
             self.close()
@@ -220,4 +230,6 @@ class RayExecutor(Executor):
 
     def describe(self, n_tasks: int) -> str:
         where = self.options.address or "local Ray instance"
-        return f"ray ({where}; {self.options.num_cpus:g} CPU, {self.options.num_gpus:g} GPU per run)"
+        return (
+            f"ray ({where}; {self.options.num_cpus:g} CPU, {self.options.num_gpus:g} GPU per run)"
+        )

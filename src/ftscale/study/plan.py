@@ -142,7 +142,9 @@ def data_sources(study: Study, data_dir: Path):
     from ftscale.finetune.job import DataSource
 
     task = study.config.task
-    common = dict(source_column=task.source_column, target_column=task.target_column, group=task.group)
+    common = dict(
+        source_column=task.source_column, target_column=task.target_column, group=task.group
+    )
     train = DataSource(task.spec, "train", **common)
     dev = DataSource(task.spec, "dev", **common)
     test = DataSource(task.spec, "test", **common)
@@ -162,8 +164,9 @@ def materialise_data(study: Study, data_dir: Path) -> None:
     target = data_dir / "test.jsonl"
     if target.is_file():
         return
-    pairs = load_task(task.spec, "test", source=task.source_column, target=task.target_column,
-                      group=task.group)
+    pairs = load_task(
+        task.spec, "test", source=task.source_column, target=task.target_column, group=task.group
+    )
     sample = nested_subset(pairs, min(task.test_examples, len(pairs)), 0)
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = data_dir / ".test.jsonl.part"
@@ -206,8 +209,14 @@ def make_plan(study: Study, study_dir: Path, cache: str | Path | None = None) ->
             for subset_seed in config.examples.subset_seeds:
                 train_config = _train_config(config, method, examples, subset_seed, TrainConfig)
                 job = FinetuneJob(
-                    model=ckpt.path, revision=ckpt.revision, method=method_config, train=train,
-                    dev=dev, test=test, task=task, train_config=train_config,
+                    model=ckpt.path,
+                    revision=ckpt.revision,
+                    method=method_config,
+                    train=train,
+                    dev=dev,
+                    test=test,
+                    task=task,
+                    train_config=train_config,
                 )
                 key = job.key
                 if key not in planned:
@@ -243,12 +252,25 @@ def config_cache(cache):
 def _train_config(config, method: str, examples: int, subset_seed: int, TrainConfig):
     t = config.train
     return TrainConfig(
-        examples=examples, subset_seed=subset_seed, seed=t.seed,
-        learning_rate=t.rate_for(method), optimizer=t.optimizer, weight_decay=t.weight_decay,
-        batch_size=t.batch_size, max_steps=t.max_steps, epochs=t.epochs, min_steps=t.min_steps,
-        warmup_fraction=t.warmup_fraction, final_lr_fraction=t.final_lr_fraction,
-        eval_every=t.eval_every, evals=t.evals, patience=t.patience, dev_examples=t.dev_examples,
-        gen_examples=t.gen_examples, max_new_tokens=t.max_new_tokens, device=t.device,
+        examples=examples,
+        subset_seed=subset_seed,
+        seed=t.seed,
+        learning_rate=t.rate_for(method),
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
+        batch_size=t.batch_size,
+        max_steps=t.max_steps,
+        epochs=t.epochs,
+        min_steps=t.min_steps,
+        warmup_fraction=t.warmup_fraction,
+        final_lr_fraction=t.final_lr_fraction,
+        eval_every=t.eval_every,
+        evals=t.evals,
+        patience=t.patience,
+        dev_examples=t.dev_examples,
+        gen_examples=t.gen_examples,
+        max_new_tokens=t.max_new_tokens,
+        device=t.device,
         bf16=t.bf16,
     )
 

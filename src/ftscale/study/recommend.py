@@ -68,8 +68,13 @@ def _seconds_per_unit(study_dir: Path) -> dict[str, float]:
     return {m: float(np.median(v)) for m, v in per.items()}
 
 
-def recommend(study_dir, model_size: float, examples: float, target_loss: float | None = None,
-              level: float = 0.95) -> dict:
+def recommend(
+    study_dir,
+    model_size: float,
+    examples: float,
+    target_loss: float | None = None,
+    level: float = 0.95,
+) -> dict:
     """The recommendation as JSON-ready data (see the module docs)."""
     _check("--model-size", model_size)
     _check("--examples", examples)
@@ -89,19 +94,29 @@ def recommend(study_dir, model_size: float, examples: float, target_loss: float 
         if boot is not None:
             lo, hi = boot.predict_interval(point, level)
             interval = [float(lo[0]), float(hi[0])]
-        methods[method] = {"form": entry["form"], "predicted_loss": loss, "interval": interval,
-                           "params": entry["params"]}
+        methods[method] = {
+            "form": entry["form"],
+            "predicted_loss": loss,
+            "interval": interval,
+            "params": entry["params"],
+        }
     best = min(methods, key=lambda m: methods[m]["predicted_loss"])
     xs = [p["x"] for f in fits.values() for p in f["points"]]
     ds = [p["examples"] for f in fits.values() for p in f["points"]]
     result = {
-        "study": analysis.get("study"), "model_size": model_size, "examples": examples,
-        "methods": methods, "best": best, "critical": _critical(fits, model_size),
+        "study": analysis.get("study"),
+        "model_size": model_size,
+        "examples": examples,
+        "methods": methods,
+        "best": best,
+        "critical": _critical(fits, model_size),
         "extrapolated": not (min(xs) <= model_size <= max(xs) and min(ds) <= examples <= max(ds)),
     }
     if target_loss is not None:
         result["target_loss"] = target_loss
-        result["to_target"] = _to_target(fits, model_size, target_loss, _seconds_per_unit(study_dir))
+        result["to_target"] = _to_target(
+            fits, model_size, target_loss, _seconds_per_unit(study_dir)
+        )
     return result
 
 
@@ -131,21 +146,27 @@ def _to_target(fits, x: float, target: float, seconds: dict[str, float]) -> dict
             continue
         d = lo if gap(math.log(lo)) <= 0 else math.exp(brentq(gap, math.log(lo), math.log(hi)))
         rate = seconds.get(method)
-        out[method] = {"examples": d, "reachable": True,
-                       "train_s": None if rate is None else rate * d * x}
+        out[method] = {
+            "examples": d,
+            "reachable": True,
+            "train_s": None if rate is None else rate * d * x,
+        }
     return out
 
 
 def render(result: dict) -> str:
     """The recommendation as text lines."""
-    lines = [f"study {result['study']}: base model N = {result['model_size']:.4g} non-embedding "
-             f"parameters, D_f = {result['examples']:.4g} examples"
-             + (" (extrapolated beyond the study's runs)" if result["extrapolated"] else "")]
+    lines = [
+        f"study {result['study']}: base model N = {result['model_size']:.4g} non-embedding "
+        f"parameters, D_f = {result['examples']:.4g} examples"
+        + (" (extrapolated beyond the study's runs)" if result["extrapolated"] else "")
+    ]
     for method, m in sorted(result["methods"].items(), key=lambda kv: kv[1]["predicted_loss"]):
         iv = m["interval"]
         shown = f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else ""
-        lines.append(f"  {method:<8} predicted test NLL {m['predicted_loss']:.4f}{shown} "
-                     f"({m['form']} law)")
+        lines.append(
+            f"  {method:<8} predicted test NLL {m['predicted_loss']:.4f}{shown} ({m['form']} law)"
+        )
     for c in result["critical"]:
         where = ", ".join(f"{v:,.0f}" for v in c["crossings"]) or "none in range"
         lines.append(f"  {c['first']} = {c['second']} at D_f: {where}")

@@ -19,7 +19,9 @@ def study_config(meta: dict, where: Path):
     try:
         return StudyConfig.model_validate(meta["config"])
     except ValidationError:
-        raise UserError(f"{where}: the stored study config is not readable by this ftscale") from None
+        raise UserError(
+            f"{where}: the stored study config is not readable by this ftscale"
+        ) from None
 
 
 def analyse_dir(study_dir: str | Path) -> dict:

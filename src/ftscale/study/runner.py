@@ -90,8 +90,10 @@ def run_study(
     start = time.perf_counter()
     config = study.config
     options = options or ExecutorOptions(
-        workers=config.run.workers, threads=config.run.threads,
-        num_cpus=config.run.num_cpus, num_gpus=config.run.num_gpus,
+        workers=config.run.workers,
+        threads=config.run.threads,
+        num_cpus=config.run.num_cpus,
+        num_gpus=config.run.num_gpus,
     )
     runner = make_executor(executor or config.run.executor, options)
     say = say or (lambda message: None)
@@ -99,8 +101,12 @@ def run_study(
     check_study_dir(study_dir, study)
     study_dir.mkdir(exist_ok=True)
     with locked(study_dir), Store(study_dir / STORE_FILE, create=True) as store:
-        store.set_meta(study=study.name, origin=study.origin, config=config.model_dump(mode="json"),
-                       ladder=study.ladder.model_dump(mode="json"))
+        store.set_meta(
+            study=study.name,
+            origin=study.origin,
+            config=config.model_dump(mode="json"),
+            ladder=study.ladder.model_dump(mode="json"),
+        )
         _build_ladder(study, cache, say, progress)
         materialise_data(study, study_dir / DATA_FOLDER)
         plan = make_plan(study, study_dir, cache)
@@ -108,19 +114,26 @@ def run_study(
         store.sync_plan(plan.runs)
         todo = store.to_run(retry_failed)
         skipped = len(plan) - len(todo)
-        say(f"study {study.name}: {len(plan)} runs planned, {skipped} already in the store, "
-            f"{len(todo)} to run on {runner.describe(len(todo))}")
+        say(
+            f"study {study.name}: {len(plan)} runs planned, {skipped} already in the store, "
+            f"{len(todo)} to run on {runner.describe(len(todo))}"
+        )
         outcomes = _execute(store, runner, todo, plan, progress, say)
         counts = store.counts()
     summary = RunSummary(
-        study_dir=study_dir, planned=len(plan), ran=len(outcomes),
+        study_dir=study_dir,
+        planned=len(plan),
+        ran=len(outcomes),
         ok=sum(o == "ok" for o in outcomes.values()),
-        failed=sum(o != "ok" for o in outcomes.values()), skipped=skipped,
+        failed=sum(o != "ok" for o in outcomes.values()),
+        skipped=skipped,
         wall_s=time.perf_counter() - start,
     )
     if counts.get("failed"):
-        say(f"{counts['failed']} run(s) failed: `ftscale study status {study_dir}` lists them; "
-            "rerun with --retry-failed to try them again")
+        say(
+            f"{counts['failed']} run(s) failed: `ftscale study status {study_dir}` lists them; "
+            "rerun with --retry-failed to try them again"
+        )
     if report:
         from ftscale.study.reporting import write_report
 
@@ -171,10 +184,15 @@ def _resolve_learning_rates(plan: Plan, store: Store, runner, say) -> Plan:
                 run = groups[group][0]
                 search = outcome.get("search")
                 if search is None:  # the search itself failed: fall back to the default rate
-                    search = {"chosen": run.job.method.default_learning_rate,
-                              "error": outcome.get("error"), "fallback": True}
-                    say(f"learning-rate search {group} failed ({outcome.get('error')}); "
-                        f"using the default {search['chosen']:g}")
+                    search = {
+                        "chosen": run.job.method.default_learning_rate,
+                        "error": outcome.get("error"),
+                        "fallback": True,
+                    }
+                    say(
+                        f"learning-rate search {group} failed ({outcome.get('error')}); "
+                        f"using the default {search['chosen']:g}"
+                    )
                 store.save_lr_search(group, run.method, run.job.model, run.job.revision, search)
         except KeyboardInterrupt as exc:
             runner.close()
@@ -247,12 +265,23 @@ class _Progress:
         self.mode = "bar" if _tty(mode) else ("none" if mode == "none" else "lines")
         self.start = time.perf_counter()
         if self.mode == "bar":
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(
-                TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                TextColumn("runs"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
                 transient=False,
             )
             self.bar.start()
@@ -260,22 +289,29 @@ class _Progress:
 
     def advance(self, run, outcome: dict) -> None:
         self.done += 1
-        what = "?" if run is None else (
-            f"{run.method} {run.checkpoint.rung} tokens={run.checkpoint.tokens_seen} "
-            f"size={run.method_size} D_f={run.examples}"
+        what = (
+            "?"
+            if run is None
+            else (
+                f"{run.method} {run.checkpoint.rung} tokens={run.checkpoint.tokens_seen} "
+                f"size={run.method_size} D_f={run.examples}"
+            )
         )
         record = outcome.get("record") or {}
         result = (
-            f"test_nll {record['test_nll']:.4f}" if outcome["status"] == "ok" and
-            record.get("test_nll") is not None else f"FAILED: {outcome.get('error')}"
+            f"test_nll {record['test_nll']:.4f}"
+            if outcome["status"] == "ok" and record.get("test_nll") is not None
+            else f"FAILED: {outcome.get('error')}"
         )
         if self.bar is not None:
             self.bar.update(self.task, advance=1, description=f"{what}: {result}")
         elif self.mode == "lines":
             elapsed = time.perf_counter() - self.start
             eta = elapsed / self.done * (self.total - self.done)
-            self.say(f"[{self.done}/{self.total}] {what}: {result} "
-                     f"({outcome.get('wall_s') or 0:.1f} s; eta {eta:.0f} s)")
+            self.say(
+                f"[{self.done}/{self.total}] {what}: {result} "
+                f"({outcome.get('wall_s') or 0:.1f} s; eta {eta:.0f} s)"
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -304,14 +340,28 @@ def status(study_dir: Path) -> dict:
         "complete": counts["ok"] + counts["failed"] == len(rows) and bool(rows),
         "run_seconds": round(sum(r["wall_s"] for r in done), 1),
         "failed": [
-            {"key": r["key"], "method": r["method"], "rung": r["rung"], "examples": r["examples"],
-             "error": r["error"]}
-            for r in rows if r["status"] == "failed"
+            {
+                "key": r["key"],
+                "method": r["method"],
+                "rung": r["rung"],
+                "examples": r["examples"],
+                "error": r["error"],
+            }
+            for r in rows
+            if r["status"] == "failed"
         ],
-        "lr_searches": [
-            {"group": s["grp"], "learning_rate": s["learning_rate"]} for s in searches
-        ],
+        "lr_searches": [{"group": s["grp"], "learning_rate": s["learning_rate"]} for s in searches],
     }
+
+
+def check_export_path(out: Path) -> str:
+    """The export format (``.csv`` or ``.parquet``) of ``out``; one-line error otherwise."""
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise UserError(f"{out}: export writes .csv or .parquet, not {out.suffix or 'no suffix'!r}")
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: folder {out.parent} does not exist")
+    return suffix
 
 
 def export_table(study_dir: Path, out: Path) -> int:
@@ -324,11 +374,7 @@ def export_table(study_dir: Path, out: Path) -> int:
     from ftscale.study.analysis import runs_frame
     from ftscale.study.store import open_store
 
-    suffix = out.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise UserError(f"{out}: export writes .csv or .parquet, not {out.suffix or 'no suffix'!r}")
-    if not out.parent.is_dir():
-        raise UserError(f"{out}: folder {out.parent} does not exist")
+    suffix = check_export_path(out)
     with open_store(study_dir) as store:
         frame = runs_frame(store.rows())
     frame = frame.drop(columns=["evals"], errors="ignore")

@@ -131,9 +131,17 @@ class Store:
                     "tokens_seen, method_size, examples, subset_seed, sweeps, spec, created_at) "
                     "VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        run.key, meta["method"], meta["rung"], meta["nonembedding_params"],
-                        meta["tokens_seen"], meta["method_size"], meta["examples"],
-                        meta["subset_seed"], json.dumps(meta["sweeps"]), run.job.to_json(), now,
+                        run.key,
+                        meta["method"],
+                        meta["rung"],
+                        meta["nonembedding_params"],
+                        meta["tokens_seen"],
+                        meta["method_size"],
+                        meta["examples"],
+                        meta["subset_seed"],
+                        json.dumps(meta["sweeps"]),
+                        run.job.to_json(),
+                        now,
                     ),
                 )
                 added += cur.rowcount
@@ -182,8 +190,13 @@ class Store:
                 "UPDATE runs SET status = ?, record = ?, error = ?, test_nll = ?, "
                 "finished_at = ?, wall_s = ? WHERE key = ?",
                 (
-                    status, json.dumps(record) if record is not None else None,
-                    outcome.get("error"), test_nll, now, outcome.get("wall_s"), key,
+                    status,
+                    json.dumps(record) if record is not None else None,
+                    outcome.get("error"),
+                    test_nll,
+                    now,
+                    outcome.get("wall_s"),
+                    key,
                 ),
             )
 
@@ -224,8 +237,15 @@ class Store:
         with self.transaction():
             self.db.execute(
                 "INSERT OR REPLACE INTO lr_searches VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (group, method, model, revision, float(search["chosen"]), json.dumps(search),
-                 time.time()),
+                (
+                    group,
+                    method,
+                    model,
+                    revision,
+                    float(search["chosen"]),
+                    json.dumps(search),
+                    time.time(),
+                ),
             )
 
     def lr_searches(self) -> list[dict[str, Any]]:

@@ -73,12 +73,23 @@ def search(spec_json: str, threads: int | None = None) -> dict[str, Any]:
         train, dev, _ = load_splits(job)
         subset = nested_subset(train, config.examples or len(train), config.subset_seed)
         result = search_learning_rate(
-            job.model, None, job.method, subset, dev, config, job.task,
-            gguf_file=job.gguf_file, revision=job.revision,
+            job.model,
+            None,
+            job.method,
+            subset,
+            dev,
+            config,
+            job.task,
+            gguf_file=job.gguf_file,
+            revision=job.revision,
         )
         out = {"status": "ok", "search": result.to_dict(), "error": None}
     except Exception as exc:
-        out = {"status": "failed", "search": None, "error": f"{type(exc).__name__}: {first_line(exc)}"}
+        out = {
+            "status": "failed",
+            "search": None,
+            "error": f"{type(exc).__name__}: {first_line(exc)}",
+        }
     out["wall_s"] = round(time.perf_counter() - start, 3)
     return out
 
