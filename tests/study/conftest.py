@@ -93,7 +93,7 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
-def cli(args: list[str], cwd: Path, env_cache: Path, timeout: float = 300):
+def cli(args: list[str], cwd: Path, env_cache: Path, timeout: float = 900):
     env = {**os.environ, "FTSCALE_CACHE": str(env_cache), "PYTHONPATH": str(ROOT / "src")}
     return subprocess.run(
         [sys.executable, "-m", "ftscale", *args],

@@ -150,13 +150,13 @@ def plan_command(
             _n(r["learning_rate"]) if r["learning_rate"] is not None else "default",
         )
     Console().print(table)
-    cost = (
-        f"about {total / 60:.1f} min on {workers} worker(s), ladder build and lr searches "
-        "not included (rough CPU estimate)"
-        if total is not None
-        else "cost unknown until the base models' sizes are known (build the ladder or give "
-        "[sizes])"
-    )
+    if total is None:
+        cost = ("cost unknown until the base models' sizes are known (build the ladder or give "
+                "[sizes])")
+    else:
+        shown = f"{total / 60:.1f} min" if total < 7200 else f"{total / 3600:,.0f} h"
+        cost = (f"about {shown} of runs on {workers} CPU worker(s) (rough estimate for this "
+                "machine's CPU; ladder build and lr searches not included)")
     typer.echo(f"{len(rows)} runs; {cost}; results would go to {target}")
 
 

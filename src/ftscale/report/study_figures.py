@@ -93,7 +93,7 @@ def _sweep_figure(analysis: dict, sweep: str, x_label: str) -> bytes | None:
             fontsize=9,
         )
         ax.legend(fontsize=7)
-    fig.suptitle("dots: fitted points; stars: held out; lines: fitted law", fontsize=8)
+    fig.suptitle("dots: fitted points; stars: held out; lines: fitted law", fontsize=8, y=1.06)
     return _png(fig)
 
 

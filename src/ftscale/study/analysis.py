@@ -604,6 +604,12 @@ def analyse(rows: Sequence[dict], config) -> dict:
     form = (
         "multiplicative" if "multiplicative" in config.analysis.forms else config.analysis.forms[0]
     )
+    if config.evals and not (len(frame) and frame["evals"].map(bool).any()):
+        names = ", ".join(e.name for e in config.evals)
+        notes.append(
+            f"extra eval sets ({names}) are declared but no run recorded eval scores: this "
+            "ftscale's run spec does not evaluate them yet; generalisation uses generation scores"
+        )
     critical = critical_sizes(fits, form, config.analysis.level)
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     return {

@@ -114,9 +114,10 @@ def _unbuilt_checkpoints(study: Study, entry: Path) -> list[Checkpoint]:
     if ladder.kind == "pretrain":
         tokens = sorted(set(ladder.recipe.checkpoints) | {ladder.recipe.tokens})
         for rung in ladder.rungs:
+            params = sizes.get(rung.name) or llama_nonembedding_params(rung)
             for n in tokens:
                 path = str(entry / rung.name / f"tokens-{n:09d}")
-                out.append(Checkpoint(rung.name, n, sizes.get(rung.name), path))
+                out.append(Checkpoint(rung.name, n, params, path))
         return out
     for rung in ladder.external:
         revisions = rung.revisions or [None]
@@ -125,6 +126,14 @@ def _unbuilt_checkpoints(study: Study, entry: Path) -> list[Checkpoint]:
             name = rev.revision if rev is not None else None
             out.append(Checkpoint(rung.name, tokens, sizes.get(rung.name), rung.model, name))
     return out
+
+
+def llama_nonembedding_params(rung) -> int:
+    """Non-embedding parameters of a ladder rung before it is built (Llama shape: per layer the
+    q/k/v/o projections 4 w^2, the SwiGLU MLP 3 w ffn and two RMSNorm weights 2 w, plus the final
+    norm w); equal to what the build reports for ftscale's pretrained rungs."""
+    w = rung.width
+    return rung.layers * (4 * w * w + 3 * w * rung.ffn + 2 * w) + w
 
 
 def _final(rows: list[Checkpoint]) -> Checkpoint:
@@ -192,7 +201,7 @@ def make_plan(study: Study, study_dir: Path, cache: str | Path | None = None) ->
         max_source_tokens=config.task.max_source_tokens,
         max_target_tokens=config.task.max_target_tokens,
     )
-    rows = checkpoints(study, config_cache(cache))
+    rows = checkpoints(study, cache)
     by_rung: dict[str, list[Checkpoint]] = {}
     for row in rows:
         by_rung.setdefault(row.rung, []).append(row)
@@ -243,10 +252,6 @@ def make_plan(study: Study, study_dir: Path, cache: str | Path | None = None) ->
     runs = sorted(planned.values(), key=_cost_order)
     ready = config.task.test_examples is None or (data_dir / "test.jsonl").is_file()
     return Plan(runs=runs, checkpoints=rows, data_ready=ready)
-
-
-def config_cache(cache):
-    return cache
 
 
 def _train_config(config, method: str, examples: int, subset_seed: int, TrainConfig):
