@@ -112,3 +112,32 @@ def test_ray_executor_gives_the_same_store_as_local(finished_study, cache_dir, t
     for key in a:
         assert a[key]["status"] == b[key]["status"]
         assert a[key]["test_nll"] == pytest.approx(b[key]["test_nll"], abs=1e-9)
+
+
+def test_sigterm_leaves_the_store_consistent_and_says_how_to_resume(
+    finished_study, cache_dir, tmp_path
+):
+    path = write_study(tmp_path / "term.toml", {**SMALL, "name": "term"}, pet_sizes={})
+    study_dir = tmp_path / "term"
+    env = {**os.environ, "FTSCALE_CACHE": str(cache_dir), "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftscale", "study", "run", str(path), "--no-report"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            if any(r["status"] == "ok" for r in _store(study_dir).values()):
+                break
+        except (sqlite3.Error, OSError, AssertionError):
+            continue
+    assert proc.poll() is None, "the study finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ftscale: interrupted; ") and "runs are in the store" in last
+    rows = _store(study_dir)
+    assert "running" not in {r["status"] for r in rows.values()}
+    assert sum(r["status"] == "ok" for r in rows.values()) >= 1
