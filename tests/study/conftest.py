@@ -70,6 +70,8 @@ def to_toml(data: dict, prefix: str = "") -> str:
 def write_study(path: Path, changes: dict, pet_sizes: dict | None = None) -> Path:
     """Write the smoke study with ``changes`` merged in (``pet_sizes`` replaces the PET sizes)."""
     data = merged(smoke_config(), changes)
+    if "methods" in changes:  # the methods are replaced, not merged
+        data["methods"] = copy.deepcopy(changes["methods"])
     if pet_sizes is not None:
         data["sweeps"]["pet_size"]["sizes"] = pet_sizes
     text = to_toml(data)

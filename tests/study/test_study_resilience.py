@@ -68,8 +68,9 @@ def test_a_failed_run_is_recorded_and_the_study_completes(finished_study, cache_
         **SMALL,
         "name": "failing",
         "methods": {"fmt": {}, "lora": {"rank": 2}},
-        "train": {"lr": {"fmt": 1e30}},
-        "examples": {"sizes": [50, 100, 200]},
+        "train": {"lr": {"fmt": 1e30}},  # a non-finite loss within a few steps
+        "examples": {"sizes": [50, 100]},
+        "run": {"executor": "process"},
     }
     path = write_study(tmp_path / "failing.toml", changes, pet_sizes={})
     result = cli(["study", "run", str(path), "--no-report"], tmp_path, cache_dir)

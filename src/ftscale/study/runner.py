@@ -107,9 +107,17 @@ def run_study(
             config=config.model_dump(mode="json"),
             ladder=study.ladder.model_dump(mode="json"),
         )
-        _build_ladder(study, cache, say, progress)
-        materialise_data(study, study_dir / DATA_FOLDER)
-        plan = make_plan(study, study_dir, cache)
+        try:
+            _build_ladder(study, cache, say, progress)
+            materialise_data(study, study_dir / DATA_FOLDER)
+            plan = make_plan(study, study_dir, cache)
+        except KeyboardInterrupt as exc:
+            counts = store.counts()
+            raise Interrupted(
+                f"{counts['ok'] + counts['failed']} runs are in the store (interrupted before "
+                "running; an unfinished ladder build starts again); rerun to resume",
+                getattr(exc, "exit_code", 130),
+            ) from None
         plan = _resolve_learning_rates(plan, store, runner, say)
         store.sync_plan(plan.runs)
         todo = store.to_run(retry_failed)
