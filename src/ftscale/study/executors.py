@@ -15,6 +15,9 @@ Register another with :func:`register_executor`.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +126,10 @@ class ProcessExecutor(Executor):
             return
         threads = _threads(self.options)
         context = multiprocessing.get_context("spawn")
-        self.pool = ProcessPoolExecutor(self.workers(len(tasks)), mp_context=context)
+        self.pool = ProcessPoolExecutor(
+            self.workers(len(tasks)), mp_context=context, initializer=watch_parent,
+            initargs=(os.getpid(),),
+        )
         try:
             pending = {
                 self.pool.submit(perform, kind, spec, threads): task_id
@@ -147,6 +153,20 @@ class ProcessExecutor(Executor):
 
     def describe(self, n_tasks: int) -> str:
         return f"process ({self.workers(n_tasks)} workers x {_threads(self.options)} thread)"
+
+
+def watch_parent(parent: int, every_s: float = 1.0) -> None:
+    """Worker initializer: exit when the driver process is gone. A driver killed with SIGKILL
+    cannot stop its pool, and its spawned workers would otherwise wait (or train) forever; their
+    runs are still ``running`` in the store and run again when the study is resumed."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="ftscale-watch-parent", daemon=True).start()
 
 
 def _outcome(future) -> dict[str, Any]:
