@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, cli, write_study
+from study_helpers import ROOT, cli, write_study
 
 #: A small study: fmt only, model-size sweep only (3 rungs x 3 D_f = 9 runs).
 SMALL = {
@@ -123,7 +123,11 @@ def test_sigterm_leaves_the_store_consistent_and_says_how_to_resume(
     env = {**os.environ, "FTSCALE_CACHE": str(cache_dir), "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ftscale", "study", "run", str(path), "--no-report"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:

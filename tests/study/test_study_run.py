@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, cli
+from study_helpers import ROOT, cli
 from typer.testing import CliRunner
 
 from ftscale.cli import app
