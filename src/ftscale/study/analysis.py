@@ -191,7 +191,10 @@ def _fit_entry(method, sweep, form, law, points, held, boot, shared, level) -> d
     intervals = {}
     thetas = None
     if boot is not None:
-        intervals = {k: [_num(a), _num(b)] for k, (a, b) in boot.intervals(level).items()}
+        fixed = set(law.fixed)  # held at the joint values: no interval of their own
+        intervals = {
+            k: [_num(a), _num(b)] for k, (a, b) in boot.intervals(level).items() if k not in fixed
+        }
         thetas = boot.thetas.tolist()
     return {
         "method": method,
