@@ -28,7 +28,16 @@ FORBIDDEN = {
     "data": ("ftscale.finetune", "ftscale.study", "ftscale.laws", "ftscale.models"),
     "models": ("ftscale.finetune", "ftscale.study", "ftscale.laws"),
     "finetune": ("ftscale.study", "ftscale.laws", "ftscale.models"),
-    "report": ("torch", "transformers", "peft"),
+    "report": (
+        "torch",
+        "transformers",
+        "peft",
+        "ftscale.finetune",
+        "ftscale.models",
+        "ftscale.study",
+        "ftscale.commands",
+    ),
+    "study": ("ftscale.commands",),
 }
 
 
@@ -54,7 +63,9 @@ def test_no_forbidden_imports(package):
 def test_cli_and_laws_never_load_torch():
     """`ftscale fit` starts in a tenth of a second: torch loads only for commands that train."""
     code = (
-        "import sys, ftscale.cli, ftscale.laws, ftscale.commands.laws, ftscale.report.figures; "
+        "import sys, ftscale.cli, ftscale.laws, ftscale.commands.laws, ftscale.report.figures, "
+        "ftscale.report.study_report, ftscale.report.study_figures, ftscale.study.analysis, "
+        "ftscale.study.store, ftscale.study.recommend; "
         "sys.exit('torch' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(SRC.parent)})

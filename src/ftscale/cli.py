@@ -85,7 +85,9 @@ def _root() -> None:
 
 
 #: Modules of :mod:`ftscale.commands` attached to the app, each with a ``register(app)`` function.
-COMMAND_MODULES: tuple[str, ...] = ("laws", "finetune", "ladder", "data")
+COMMAND_MODULES: tuple[str, ...] = (
+    "laws", "finetune", "ladder", "data", "study", "recommend", "report",
+)
 
 
 def _register() -> None:

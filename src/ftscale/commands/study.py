@@ -1,0 +1,223 @@
+"""``ftscale study run|plan|status|export``: run a whole finetuning-scaling study from one file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ftscale.errors import UserError
+
+FileArg = Annotated[
+    str | None,
+    typer.Argument(help="Study file (TOML) or builtin:NAME; default builtin:quickstart."),
+]
+DirArg = Annotated[Path, typer.Argument(help="Study directory (written by `ftscale study run`).")]
+
+study_app = typer.Typer(
+    help="Run a finetuning-scaling study: plan, run (resumable), status, export.",
+    no_args_is_help=True,
+)
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@study_app.command("run")
+def run_command(
+    file: FileArg = None,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Study directory (default beside the file).")
+    ] = None,
+    executor: Annotated[
+        str | None, typer.Option(help="local, process or ray (default: the file's [run]).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (ray executor; 'auto' = running).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Worker processes (0: auto).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=0, help="Torch threads per run (0: auto).")
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run failed runs again.")
+    ] = False,
+    cache: Annotated[
+        Path | None, typer.Option(help="Model cache (default $FTSCALE_CACHE or ~/.cache).")
+    ] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the report.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run a study (resumable: finished runs are skipped); prints the study directory last."""
+    from ftscale.study.config import DEFAULT_STUDY, load_study
+    from ftscale.study.executors import ExecutorOptions, make_executor
+    from ftscale.study.runner import run_study
+
+    study = load_study(file or DEFAULT_STUDY)
+    run = study.config.run
+    options = ExecutorOptions(
+        workers=run.workers if workers is None else workers,
+        threads=run.threads if threads is None else threads,
+        address=address,
+        num_cpus=run.num_cpus,
+        num_gpus=run.num_gpus,
+    )
+    name = executor or run.executor
+    if address and name != "ray":
+        raise UserError("--address is for the ray executor (add --executor ray)")
+    make_executor(name, options)  # unknown executor: fail before writing anything
+    target = directory if directory is not None else study.default_dir()
+    summary = run_study(
+        study,
+        target,
+        executor=name,
+        options=options,
+        retry_failed=retry_failed,
+        cache=cache,
+        say=(lambda m: None) if quiet else _err,
+        progress="none" if quiet else "auto",
+        report=not no_report,
+    )
+    if not quiet:
+        _err(
+            f"{summary.ran} runs done now ({summary.ok} ok, {summary.failed} failed), "
+            f"{summary.skipped} were already in the store; {summary.wall_s:.0f} s"
+        )
+        if summary.report:
+            _err(f"report: {summary.report['html']}")
+    typer.echo(str(summary.study_dir))
+
+
+@study_app.command("plan")
+def plan_command(
+    file: FileArg = None,
+    directory: Annotated[Path | None, typer.Option("--dir", help="Study directory.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Model cache.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the runs a study file plans and a rough cost; writes nothing, needs no network."""
+    from ftscale.common import default_workers, threads_per_worker
+    from ftscale.study.config import DEFAULT_STUDY, load_study
+    from ftscale.study.plan import estimate_seconds, estimate_total, make_plan
+
+    study = load_study(file or DEFAULT_STUDY)
+    target = directory if directory is not None else study.default_dir()
+    plan = make_plan(study, target, cache)
+    workers = study.config.run.workers or default_workers(len(plan), threads_per_worker())
+    total = estimate_total(plan, workers)
+    rows = [
+        {
+            **r.meta(),
+            "learning_rate": r.job.train_config.learning_rate,
+            "estimate_s": estimate_seconds(r),
+            "key": r.key if plan.data_ready else None,
+        }
+        for r in plan.runs
+    ]
+    if json_out:
+        typer.echo(
+            json.dumps(
+                {
+                    "study": study.name,
+                    "dir": str(target),
+                    "runs": rows,
+                    "estimate_s": total,
+                    "workers": workers,
+                },
+                indent=1,
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"study {study.name}: {len(rows)} runs")
+    for column in ("method", "rung", "tokens", "params", "size", "D_f", "seed", "sweeps", "lr"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["method"],
+            r["rung"],
+            _n(r["tokens_seen"]),
+            _n(r["nonembedding_params"]),
+            _n(r["method_size"]),
+            str(r["examples"]),
+            str(r["subset_seed"]),
+            ",".join(r["sweeps"]),
+            _n(r["learning_rate"]) if r["learning_rate"] is not None else "default",
+        )
+    Console().print(table)
+    if total is None:
+        cost = ("cost unknown until the base models' sizes are known (build the ladder or give "
+                "[sizes])")
+    else:
+        shown = f"{total / 60:.1f} min" if total < 7200 else f"{total / 3600:,.0f} h"
+        cost = (f"about {shown} of runs on {workers} CPU worker(s) (rough estimate for this "
+                "machine's CPU; ladder build and lr searches not included)")
+    typer.echo(f"{len(rows)} runs; {cost}; results would go to {target}")
+
+
+def _n(value) -> str:
+    if value is None:
+        return "?"
+    return (
+        f"{value:,}"
+        if isinstance(value, int)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
+
+
+@study_app.command("status")
+def status_command(
+    directory: DirArg,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Progress of a study directory: runs per status, failed runs, learning-rate searches."""
+    from ftscale.study.runner import status
+
+    info = status(directory)
+    if json_out:
+        typer.echo(json.dumps(info, indent=1))
+        return
+    c = info["counts"]
+    typer.echo(
+        f"study {info['study']} in {info['dir']}: {info['planned']} runs planned; "
+        f"{c['ok']} ok, {c['failed']} failed, {c['running']} running, "
+        f"{c['pending']} pending; {info['run_seconds']:.0f} s of runs"
+    )
+    for f in info["failed"]:
+        typer.echo(
+            f"  failed {f['key']} {f['method']} {f['rung']} D_f={f['examples']}: {f['error']}"
+        )
+    for s in info["lr_searches"]:
+        typer.echo(f"  lr search {s['group']}: {s['learning_rate']:g}")
+    typer.echo("complete" if info["complete"] else "incomplete: `ftscale study run` resumes it")
+
+
+@study_app.command("export")
+def export_command(
+    directory: DirArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="CSV or Parquet file (default DIR/runs.csv)."),
+    ] = None,
+) -> None:
+    """Write the runs as CSV or Parquet with the columns `ftscale fit` takes by default."""
+    from ftscale.study.runner import check_export_path, export_table
+    from ftscale.study.store import open_store
+
+    if output is not None:
+        check_export_path(output)
+    open_store(directory).close()  # a one-line error before choosing the default output
+    out = output if output is not None else Path(directory) / "runs.csv"
+    n = export_table(directory, out)
+    typer.echo(f"{n} runs -> {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(study_app, name="study")

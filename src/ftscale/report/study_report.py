@@ -1,0 +1,267 @@
+"""A study's report: one self-contained HTML file (figures embedded as base64 PNG), a Markdown
+summary and a JSON file of every fit, written from the analysis data of
+:func:`ftscale.study.analysis.analyse`. Files are written atomically."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from ftscale.common import write_json_atomic, write_text_atomic
+
+#: File names written in the study directory.
+REPORT_FILES = {"html": "report.html", "markdown": "summary.md", "fits": "fits.json"}
+
+
+def _n(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _interval(entry: dict, name: str) -> str:
+    iv = entry.get("intervals", {}).get(name)
+    if not iv or None in iv:
+        return ""
+    return f" [{iv[0]:.3g}, {iv[1]:.3g}]"
+
+
+def headline(analysis: dict) -> list[str]:
+    """The plain-language lines at the top of the report."""
+    lines = []
+    counts = analysis.get("counts", {})
+    lines.append(
+        f"{analysis['n_runs']} runs: {counts.get('ok', 0)} ok, "
+        f"{counts.get('failed', 0)} failed, "
+        f"{counts.get('pending', 0) + counts.get('running', 0)} not run yet."
+    )
+    for axis, label in (("model_size", "model size"), ("data_size", "finetuning data size")):
+        t = analysis.get("trends", {}).get(axis)
+        if not t or not t["pairs"]:
+            continue
+        verdict = "falls" if t["falls"] else "does NOT clearly fall"
+        lines.append(
+            f"Test loss {verdict} with {label}: lower in {t['falling_pairs']} of "
+            f"{t['pairs']} adjacent comparisons."
+        )
+    best = analysis.get("best_forms", {})
+    if best:
+        mult = sum(1 for v in best.values() if v == "multiplicative")
+        lines.append(
+            f"Lower held-out error: multiplicative law in {mult} of {len(best)} "
+            f"(method, sweep) fits, {'; '.join(f'{k}: {v}' for k, v in best.items())}."
+        )
+    flagged = analysis.get("flagged", [])
+    if flagged:
+        never = sum("never beat the base model" in f["reasons"] for f in flagged)
+        last = len(flagged) - never
+        lines.append(
+            f"{len(flagged)} runs flagged ({never} never beat the base model, "
+            f"{last} best at their last step: longer training could change them)."
+        )
+    return lines
+
+
+def fits_table_rows(analysis: dict) -> list[list[str]]:
+    rows = []
+    for f in analysis["fits"]:
+        p = f["params"]
+        rows.append(
+            [
+                f["method"],
+                f["sweep"],
+                f["form"],
+                _n(p.get("A")) + _interval(f, "A"),
+                _n(p.get("alpha")) + _interval(f, "alpha"),
+                _n(p.get("B")) if "B" in p else "",
+                _n(p.get("beta")) + _interval(f, "beta"),
+                _n(p.get("E")) + _interval(f, "E"),
+                _n(f["delta_e"]),
+                _n(f["delta_h"]),
+                f"{f['n_fit']}/{f['n_heldout']}",
+            ]
+        )
+    return rows
+
+
+FIT_HEADER = [
+    "method",
+    "sweep",
+    "form",
+    "A",
+    "alpha",
+    "B",
+    "beta",
+    "E",
+    "Delta_e",
+    "Delta_h",
+    "fit/held",
+]
+
+
+def critical_rows(analysis: dict) -> list[list[str]]:
+    rows = []
+    for c in analysis.get("critical", []):
+        crossings = ", ".join(
+            f"{v:.0f}" + ("*" if e else "")
+            for v, e in zip(c["crossings"], c["extrapolated"], strict=True)
+        )
+        iv = c.get("interval")
+        rows.append(
+            [
+                f"{c['first']} vs {c['second']}",
+                _n(c["x"]),
+                crossings or "none",
+                "-" if not iv or None in iv else f"[{iv[0]:.0f}, {iv[1]:.0f}]",
+                c["better_at_small_data"],
+            ]
+        )
+    return rows
+
+
+CRIT_HEADER = [
+    "methods",
+    "model size N",
+    "critical D_f (* extrapolated)",
+    "interval",
+    "better at small D_f",
+]
+
+
+def markdown(analysis: dict, title: str) -> str:
+    """The Markdown summary."""
+    out = [f"# {title}", ""]
+    out += [f"- {line}" for line in headline(analysis)]
+    out += ["", "## Findings of Zhang et al. (ICLR 2024) on this study", ""]
+    for f in analysis["findings"]:
+        out.append(f"{f['number']}. **{f['claim']}**: {f['status']}. {f['detail']}")
+    out += [
+        "",
+        "## Fits (95% bootstrap intervals in brackets)",
+        "",
+        _md_table(FIT_HEADER, fits_table_rows(analysis)),
+    ]
+    out += [
+        "",
+        f"## Critical data sizes ({analysis.get('critical_form')} law, model-size sweep)",
+        "",
+        _md_table(CRIT_HEADER, critical_rows(analysis)),
+    ]
+    if analysis.get("flagged"):
+        out += ["", "## Flagged runs", ""]
+        out += [
+            f"- {f['method']} {f['rung']} D_f={f['examples']} (size {f['method_size']}, "
+            f"tokens {f['tokens_seen']}): {'; '.join(f['reasons'])}"
+            for f in analysis["flagged"]
+        ]
+    if analysis.get("notes"):
+        out += ["", "## Notes", ""] + [f"- {n}" for n in analysis["notes"]]
+    return "\n".join(out) + "\n"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "(none)"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;background:#fff}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;
+padding:3px 7px;text-align:right}th{background:#eef}img{max-width:100%;border:1px solid #ddd}
+.reproduced{color:#070}.not{color:#a00}.untestable{color:#777}h1{color:#124}
+"""
+
+
+def html_report(analysis: dict, figures: list[tuple[str, str, bytes]], title: str) -> str:
+    """The self-contained HTML report (figures as base64 PNG data URIs)."""
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><ul>"
+    ]
+    parts += [f"<li>{html.escape(line)}</li>" for line in headline(analysis)]
+    parts.append("</ul><h2>Findings of Zhang et al. (ICLR 2024) on this study</h2><ol>")
+    for f in analysis["findings"]:
+        cls = {"reproduced": "reproduced", "not reproduced": "not"}.get(f["status"], "untestable")
+        parts.append(
+            f"<li><b>{html.escape(f['claim'])}</b>: <span class='{cls}'>"
+            f"{html.escape(f['status'])}</span>. {html.escape(f['detail'])}</li>"
+        )
+    parts.append("</ol>")
+    for name, caption, png in figures:
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(
+            f"<h2 id='{name}'>{html.escape(caption)}</h2>"
+            f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+        )
+    parts.append("<h2>Fits (95% bootstrap intervals in brackets)</h2>")
+    parts.append(_html_table(FIT_HEADER, fits_table_rows(analysis)))
+    parts.append(
+        f"<h2>Critical data sizes ({html.escape(str(analysis.get('critical_form')))} "
+        "law)</h2>" + _html_table(CRIT_HEADER, critical_rows(analysis))
+    )
+    if analysis.get("flagged"):
+        rows = [
+            [
+                f["method"],
+                f["rung"],
+                str(f["examples"]),
+                _n(f["method_size"]),
+                _n(f["tokens_seen"]),
+                "; ".join(f["reasons"]),
+            ]
+            for f in analysis["flagged"]
+        ]
+        parts.append(
+            "<h2>Flagged runs</h2>"
+            + _html_table(["method", "rung", "D_f", "size", "tokens", "why"], rows)
+        )
+    if analysis.get("notes"):
+        parts.append(
+            "<h2>Notes</h2><ul>"
+            + "".join(f"<li>{html.escape(n)}</li>" for n in analysis["notes"])
+            + "</ul>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(analysis: dict, out_dir: str | Path, title: str) -> dict[str, Path]:
+    """Write the HTML report, the Markdown summary and the fits JSON into ``out_dir``."""
+    from ftscale.report.study_figures import draw_all
+
+    out_dir = Path(out_dir)
+    figures = draw_all(analysis)
+    paths = {k: out_dir / v for k, v in REPORT_FILES.items()}
+    write_json_atomic(paths["fits"], json.loads(json.dumps(analysis, default=_json_default)))
+    write_text_atomic(paths["markdown"], markdown(analysis, title))
+    write_text_atomic(paths["html"], html_report(analysis, figures, title))
+    return paths
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")

@@ -1,0 +1,643 @@
+"""The study's analysis of a store: joint fits, held-out errors, intervals, critical data sizes,
+generalisation, the findings of Zhang et al. (ICLR 2024) checked one by one, and flagged runs.
+
+Procedure (the study's, Section 3 and Table 4), per method and law form:
+
+1. points: each (X, D_f) is the mean test NLL (nats per target token) over subset seeds;
+2. held out: the largest model, a middle pretraining checkpoint, the largest PET size and the
+   largest D_f (as the study file says);
+3. a joint fit over the model-size and pretraining-data sweeps with beta and E shared and A, alpha
+   per factor (:class:`ftscale.laws.JointScalingLaw`), then A and alpha refitted per factor with
+   beta and E fixed; PET-size sweeps are fitted with the method's beta and E fixed (they take no
+   part in estimating them);
+4. Delta_e / Delta_h: mean absolute deviation on fitted / held-out points; A and alpha intervals by
+   bootstrap over the fitted points (beta and E held at the joint values);
+5. critical D_f between every pair of methods at each model size (crossings of the model-size
+   laws), with bootstrap intervals.
+
+Everything returned is plain JSON data: the report, the fits file and ``ftscale recommend`` read it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ftscale.errors import UserError
+
+#: Axis column of each sweep.
+X_COLUMN = {
+    "model_size": "nonembedding_params",
+    "pretraining": "tokens_seen",
+    "pet_size": "method_size",
+}
+#: D_f range searched for critical points (examples).
+CRITICAL_RANGE = (1.0, 1e9)
+#: Finding (3) of the study: PET-size exponents below this are "near zero".
+PET_ALPHA_NEAR_ZERO = 1e-2
+#: Finding (1): held-out error counts as small below this fraction of the mean loss (the study's
+#: Delta_h of ~0.005 nats at losses near 1 is 0.5%; tiny models are noisier, so 2%).
+SMALL_DELTA_H = 0.02
+
+
+# -- the runs table ----------------------------------------------------------------------------
+
+
+def _flag_improved(record: dict) -> bool | None:
+    if "improved" in record and record["improved"] is not None:
+        return bool(record["improved"])
+    best, initial = record.get("best_dev_nll"), record.get("initial_dev_nll")
+    if best is None or initial is None:
+        return None
+    return bool(best < initial and (record.get("best_step") or 0) > 0)
+
+
+def _flag_undertrained(record: dict) -> bool | None:
+    if "undertrained" in record and record["undertrained"] is not None:
+        return bool(record["undertrained"])
+    steps, best = record.get("steps"), record.get("best_step")
+    if not steps or best is None:
+        return None
+    return bool(best >= steps and not record.get("stopped_early"))
+
+
+def runs_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """One row per run of the store, design columns first, then the record's measurements."""
+    out = []
+    for row in rows:
+        record = row.get("record") or {}
+        out.append(
+            {
+                "key": row["key"],
+                "status": row["status"],
+                "method": row["method"],
+                "rung": row["rung"],
+                "nonembedding_params": row["nonembedding_params"],
+                "tokens_seen": row["tokens_seen"],
+                "method_size": row["method_size"],
+                "examples": row["examples"],
+                "subset_seed": row["subset_seed"],
+                "sweeps": row["sweeps"],
+                "test_nll": row["test_nll"],
+                "improved": _flag_improved(record),
+                "undertrained": _flag_undertrained(record),
+                "best_step": record.get("best_step"),
+                "steps": record.get("steps"),
+                "initial_dev_nll": record.get("initial_dev_nll"),
+                "best_dev_nll": record.get("best_dev_nll"),
+                "learning_rate": record.get("learning_rate"),
+                "trainable_params": record.get("trainable_params"),
+                "train_s": record.get("train_s"),
+                "wall_s": row.get("wall_s"),
+                "gen_bleu": record.get("gen_bleu"),
+                "gen_chrf": record.get("gen_chrf"),
+                "gen_rouge_l": record.get("gen_rouge_l"),
+                "evals": _flat_evals(record.get("evals")),
+                "error": row.get("error"),
+            }
+        )
+    columns = [
+        "key",
+        "status",
+        "method",
+        "rung",
+        "nonembedding_params",
+        "tokens_seen",
+        "method_size",
+        "examples",
+        "subset_seed",
+        "sweeps",
+        "test_nll",
+    ]
+    return pd.DataFrame(out, columns=list(out[0]) if out else columns)
+
+
+def _flat_evals(evals: Any) -> dict[str, float]:
+    """Numeric scores of the record's extra eval sets, flattened to ``name.metric`` (read
+    defensively: a dict of dicts, a list of dicts with ``name``, or absent)."""
+    flat: dict[str, float] = {}
+    if isinstance(evals, dict):
+        items = evals.items()
+    elif isinstance(evals, list):
+        items = [(e.get("name", str(i)), e) for i, e in enumerate(evals) if isinstance(e, dict)]
+    else:
+        return flat
+    for name, value in items:
+        if isinstance(value, dict):
+            for metric, number in value.items():
+                if isinstance(number, int | float) and not isinstance(number, bool):
+                    flat[f"{name}.{metric}"] = float(number)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[str(name)] = float(value)
+    return flat
+
+
+def sweep_points(frame: pd.DataFrame, sweep: str, method: str) -> pd.DataFrame:
+    """Mean test NLL per (X, D_f) of one sweep and method (ok runs only), with ``n`` seeds."""
+    x = X_COLUMN[sweep]
+    mask = (frame["status"] == "ok") & (frame["method"] == method) & frame["test_nll"].notna()
+    mask &= frame["sweeps"].map(lambda s: sweep in s)
+    sub = frame[mask]
+    if sub.empty or sub[x].isna().any():
+        return pd.DataFrame(columns=["x", "examples", "test_nll", "n", "rung"])
+    grouped = sub.groupby([x, "examples"], as_index=False).agg(
+        test_nll=("test_nll", "mean"), n=("test_nll", "size"), rung=("rung", "first")
+    )
+    return grouped.rename(columns={x: "x"}).sort_values(["x", "examples"]).reset_index(drop=True)
+
+
+def heldout_mask(points: pd.DataFrame, sweep: str, config) -> np.ndarray:
+    """The held-out points of a sweep (see the module docs and the study file's ``holdout``)."""
+    held = np.zeros(len(points), dtype=bool)
+    if points.empty:
+        return held
+    xs = np.sort(points["x"].unique())
+    rule = {
+        "model_size": config.sweeps.model_size.holdout,
+        "pretraining": config.sweeps.pretraining.holdout,
+        "pet_size": config.sweeps.pet_size.holdout,
+    }[sweep]
+    if rule == "max" and len(xs) >= 3:
+        held |= (points["x"] == xs[-1]).to_numpy()
+    elif rule == "middle" and len(xs) >= 3:
+        held |= (points["x"] == xs[len(xs) // 2]).to_numpy()
+    elif isinstance(rule, list):
+        column = points["rung"] if sweep == "model_size" else points["x"]
+        held |= column.isin(rule).to_numpy()
+    if config.examples.holdout == "max" and points["examples"].nunique() >= 3:
+        held |= (points["examples"] == points["examples"].max()).to_numpy()
+    return held
+
+
+# -- fitting -----------------------------------------------------------------------------------
+
+
+def _sizes(points: pd.DataFrame) -> np.ndarray:
+    return points[["x", "examples"]].to_numpy(float)
+
+
+def _fit_entry(method, sweep, form, law, points, held, boot, shared, level) -> dict:
+    from ftscale.laws import mean_abs_deviation
+
+    X, y = _sizes(points), points["test_nll"].to_numpy(float)
+    with np.errstate(all="ignore"):
+        predicted = law.predict(X)
+    intervals = {}
+    thetas = None
+    if boot is not None:
+        fixed = set(law.fixed)  # held at the joint values: no interval of their own
+        intervals = {
+            k: [_num(a), _num(b)] for k, (a, b) in boot.intervals(level).items() if k not in fixed
+        }
+        thetas = boot.thetas.tolist()
+    return {
+        "method": method,
+        "sweep": sweep,
+        "form": form,
+        "x": X_COLUMN[sweep],
+        "params": {k: float(v) for k, v in law.params_.items()},
+        "shared": shared,
+        "intervals": intervals,
+        "bootstrap_thetas": thetas,
+        "space": law.space,
+        "objective": _num(law.objective_),
+        "converged": bool(law.converged_),
+        "n_fit": int((~held).sum()),
+        "n_heldout": int(held.sum()),
+        "delta_e": _num(mean_abs_deviation(predicted[~held], y[~held])),
+        "delta_h": _num(mean_abs_deviation(predicted[held], y[held])),
+        "points": [
+            {
+                "x": float(a),
+                "examples": float(d),
+                "observed": float(o),
+                "predicted": _num(p),
+                "heldout": bool(h),
+                "rung": str(r),
+            }
+            for (a, d), o, p, h, r in zip(X, y, predicted, held, points["rung"], strict=True)
+        ],
+    }
+
+
+def _num(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _bootstrap(law, X, y, n: int, seed: int):
+    from ftscale.laws import bootstrap
+
+    if n <= 0:
+        return None
+    return bootstrap(law, X, y, n, seed=seed)
+
+
+def fit_method(frame, config, method: str, form: str, notes: list[str]) -> list[dict]:
+    """Every sweep's law for one method and form (the study's joint procedure)."""
+    from ftscale.laws import JointScalingLaw, ScalingLaw
+
+    analysis = config.analysis
+    data = {}
+    for sweep in ("model_size", "pretraining"):
+        points = sweep_points(frame, sweep, method)
+        if len(points) and points["x"].nunique() >= 2 and points["examples"].nunique() >= 2:
+            data[sweep] = (points, heldout_mask(points, sweep, config))
+    entries = []
+    shared: dict[str, float] | None = None
+    laws = {}
+    if len(data) == 2:
+        try:
+            joint = JointScalingLaw(form, space=analysis.space, n_refine=analysis.refine).fit(
+                {
+                    s: (_sizes(p)[~h], p["test_nll"].to_numpy(float)[~h])
+                    for s, (p, h) in data.items()
+                }
+            )
+            shared = {k: float(v) for k, v in joint.shared_.items()}
+            laws = dict(joint.laws_)
+        except UserError as exc:
+            notes.append(f"{method} {form}: joint fit skipped ({exc}); sweeps fitted separately")
+    for sweep, (points, held) in data.items():
+        if sweep not in laws:
+            try:
+                laws[sweep] = ScalingLaw(form, space=analysis.space, n_refine=analysis.refine).fit(
+                    _sizes(points)[~held], points["test_nll"].to_numpy(float)[~held]
+                )
+            except UserError as exc:
+                notes.append(f"{method} {form} {sweep}: not fitted ({exc})")
+                continue
+        boot = _safe_bootstrap(laws[sweep], points, held, analysis, notes, f"{method} {sweep}")
+        entries.append(
+            _fit_entry(method, sweep, form, laws[sweep], points, held, boot, shared, analysis.level)
+        )
+    if method in config.sweeps.pet_size.sizes and config.sweeps.pet_size.enabled:
+        entries += _fit_pet(frame, config, method, form, shared, notes)
+    return entries
+
+
+def _safe_bootstrap(law, points, held, analysis, notes, where):
+    try:
+        return _bootstrap(
+            law,
+            _sizes(points)[~held],
+            points["test_nll"].to_numpy(float)[~held],
+            analysis.bootstrap,
+            analysis.seed,
+        )
+    except UserError as exc:
+        notes.append(f"{where}: no bootstrap ({exc})")
+        return None
+
+
+def _fit_pet(frame, config, method, form, shared, notes) -> list[dict]:
+    from ftscale.laws import ScalingLaw
+
+    points = sweep_points(frame, "pet_size", method)
+    if len(points) == 0 or points["x"].nunique() < 2:
+        return []
+    held = heldout_mask(points, "pet_size", config)
+    fixed = {k: v for k, v in (shared or {}).items() if k in ("beta", "E")}
+    try:
+        law = ScalingLaw(
+            form, space=config.analysis.space, fixed=fixed, n_refine=config.analysis.refine
+        ).fit(_sizes(points)[~held], points["test_nll"].to_numpy(float)[~held])
+    except UserError as exc:
+        notes.append(f"{method} {form} pet_size: not fitted ({exc})")
+        return []
+    boot = _safe_bootstrap(law, points, held, config.analysis, notes, f"{method} pet_size")
+    return [
+        _fit_entry(
+            method, "pet_size", form, law, points, held, boot, shared or None, config.analysis.level
+        )
+    ]
+
+
+# -- critical data sizes --------------------------------------------------------------------------
+
+
+def law_of(entry: dict):
+    """A :class:`~ftscale.laws.ScalingLaw` from a fit entry."""
+    from ftscale.laws import ScalingLaw
+
+    return ScalingLaw.from_params(entry["form"], entry["params"], space=entry["space"])
+
+
+def boot_of(entry: dict):
+    """The entry's :class:`~ftscale.laws.Bootstrap` (None without one)."""
+    from ftscale.laws import Bootstrap
+
+    if not entry.get("bootstrap_thetas"):
+        return None
+    thetas = np.array(
+        [[np.nan if v is None else v for v in row] for row in entry["bootstrap_thetas"]], float
+    )
+    return Bootstrap(law=law_of(entry), thetas=thetas, seed=0)
+
+
+def critical_sizes(fits: list[dict], form: str, level: float) -> list[dict]:
+    """Crossings of every pair of methods' model-size laws at each fitted model size."""
+    from ftscale.laws import crossings
+    from ftscale.laws.uncertainty import crossing_interval
+
+    by_method = {f["method"]: f for f in fits if f["sweep"] == "model_size" and f["form"] == form}
+    out = []
+    for (m1, f1), (m2, f2) in itertools.combinations(by_method.items(), 2):
+        xs = sorted({p["x"] for p in f1["points"]} | {p["x"] for p in f2["points"]})
+        law1, law2 = law_of(f1), law_of(f2)
+        b1, b2 = boot_of(f1), boot_of(f2)
+        d_lo = max(
+            min(p["examples"] for p in f1["points"]), min(p["examples"] for p in f2["points"])
+        )
+        d_hi = min(
+            max(p["examples"] for p in f1["points"]), max(p["examples"] for p in f2["points"])
+        )
+        for x in xs:
+            found = crossings(law1, law2, x, CRITICAL_RANGE)
+            interval = None
+            if b1 is not None and b2 is not None:
+                lo, hi = crossing_interval(b1, b2, x, CRITICAL_RANGE, level)
+                interval = [_num(lo), _num(hi)]
+            small = np.array([[x, d_lo]])
+            first_better = bool(law1.predict(small)[0] < law2.predict(small)[0])
+            out.append(
+                {
+                    "first": m1,
+                    "second": m2,
+                    "x": x,
+                    "form": form,
+                    "crossings": found,
+                    "interval": interval,
+                    "better_at_small_data": m1 if first_better else m2,
+                    "observed_range": [d_lo, d_hi],
+                    "extrapolated": [not d_lo <= c <= d_hi for c in found],
+                }
+            )
+    return out
+
+
+# -- trends, generalisation, flags ----------------------------------------------------------------
+
+
+def trends(frame: pd.DataFrame) -> dict:
+    """Does loss fall with model size (per method and D_f) and with D_f (per method and rung)?
+    Counted over adjacent pairs of the model-size sweep's mean losses."""
+    out = {}
+    ok = frame[(frame["status"] == "ok") & frame["test_nll"].notna()]
+    ok = ok[ok["sweeps"].map(lambda s: "model_size" in s)]
+    for name, across, within in (
+        ("model_size", "nonembedding_params", "examples"),
+        ("data_size", "examples", "nonembedding_params"),
+    ):
+        falls = total = 0
+        for _, sub in ok.groupby(["method", within]):
+            means = sub.groupby(across)["test_nll"].mean().sort_index().to_numpy()
+            diffs = np.diff(means)
+            falls += int((diffs < 0).sum())
+            total += int(diffs.size)
+        out[name] = {
+            "falling_pairs": falls,
+            "pairs": total,
+            "falls": bool(total and falls / total >= 0.75),
+        }
+    return out
+
+
+def generalisation(frame: pd.DataFrame) -> list[dict]:
+    """Generation scores and extra eval sets per method, model size and D_f (ok runs)."""
+    ok = frame[(frame["status"] == "ok")]
+    rows = []
+    for (method, rung, params, examples), sub in ok.groupby(
+        ["method", "rung", "nonembedding_params", "examples"], dropna=False
+    ):
+        sub = sub[sub["sweeps"].map(lambda s: "model_size" in s)]
+        if sub.empty:
+            continue
+        row = {
+            "method": method,
+            "rung": rung,
+            "nonembedding_params": params,
+            "examples": int(examples),
+        }
+        for metric in ("gen_bleu", "gen_chrf", "gen_rouge_l"):
+            values = sub[metric].dropna()
+            if len(values):
+                row[metric] = float(values.mean())
+        evals = pd.DataFrame(list(sub["evals"]))
+        for column in evals.columns:
+            row[f"eval.{column}"] = float(evals[column].mean())
+        rows.append(row)
+    return rows
+
+
+def flagged(frame: pd.DataFrame) -> list[dict]:
+    """Runs that never beat the base model on dev, or whose best dev step was their last."""
+    out = []
+    for _, row in frame[frame["status"] == "ok"].iterrows():
+        reasons = []
+        if row["improved"] is False:
+            reasons.append("never beat the base model")
+        if row["undertrained"] is True:
+            reasons.append("best at its last step (still improving)")
+        if reasons:
+            out.append(
+                {
+                    "key": row["key"],
+                    "method": row["method"],
+                    "rung": row["rung"],
+                    "tokens_seen": _int(row["tokens_seen"]),
+                    "method_size": _int(row["method_size"]),
+                    "examples": int(row["examples"]),
+                    "reasons": reasons,
+                }
+            )
+    return out
+
+
+def _int(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+
+
+# -- findings ------------------------------------------------------------------------------------
+
+
+def findings(fits: list[dict], critical: list[dict], config) -> list[dict]:
+    """The study's five findings, each marked reproduced, not reproduced or not testable."""
+    mult = [f for f in fits if f["form"] == "multiplicative"]
+    get = {(f["method"], f["sweep"]): f for f in mult}
+    methods = list(config.methods)
+    out = []
+
+    # (1) the multiplicative law fits with small held-out error.
+    held = [(m, get[(m, "model_size")]) for m in methods if (m, "model_size") in get]
+    held = [(m, f) for m, f in held if f["delta_h"] is not None]
+    detail = {m: f["delta_h"] for m, f in held}
+    add = {
+        f["method"]: f["delta_h"]
+        for f in fits
+        if f["form"] == "additive" and f["sweep"] == "model_size" and f["delta_h"] is not None
+    }
+    if held:
+        mean_loss = np.mean([p["observed"] for _, f in held for p in f["points"]])
+        ok = all(f["delta_h"] <= SMALL_DELTA_H * mean_loss for _, f in held)
+        wins = sum(1 for m, f in held if m in add and f["delta_h"] <= add[m])
+        text = (
+            f"multiplicative Delta_h (model size) {_fmt_map(detail)}; additive "
+            f"{_fmt_map(add)}; the multiplicative law has the lower held-out error for "
+            f"{wins} of {len(held)} methods (threshold for 'small': "
+            f"{SMALL_DELTA_H:.0%} of the mean loss, {SMALL_DELTA_H * mean_loss:.3f} nats)"
+        )
+        out.append(_finding(1, "The multiplicative law fits with small held-out error", ok, text))
+    else:
+        out.append(
+            _finding(
+                1,
+                "The multiplicative law fits with small held-out error",
+                None,
+                "no held-out model-size points",
+            )
+        )
+
+    # (2) alpha for model size > alpha for pretraining data.
+    pairs = {
+        m: (get[(m, "model_size")]["params"]["alpha"], get[(m, "pretraining")]["params"]["alpha"])
+        for m in methods
+        if (m, "model_size") in get and (m, "pretraining") in get
+    }
+    ok = bool(pairs) and all(a > b for a, b in pairs.values())
+    text = "; ".join(
+        f"{m}: alpha(model) {a:.3g} vs alpha(pretraining) {b:.3g}" for m, (a, b) in pairs.items()
+    )
+    out.append(
+        _finding(
+            2,
+            "Model size helps more than pretraining data (alpha_model > alpha_data)",
+            ok if pairs else None,
+            text or "needs both sweeps",
+        )
+    )
+
+    # (3) PET-size exponents near zero.
+    pet = {m: get[(m, "pet_size")]["params"]["alpha"] for m in methods if (m, "pet_size") in get}
+    ok = bool(pet) and all(abs(a) < PET_ALPHA_NEAR_ZERO for a in pet.values())
+    text = "; ".join(f"{m}: alpha(PET size) {a:.3g}" for m, a in pet.items())
+    out.append(
+        _finding(
+            3,
+            f"PET size buys almost nothing (|alpha_PET| < {PET_ALPHA_NEAR_ZERO:g})",
+            ok if pet else None,
+            text or "no PET-size sweep",
+        )
+    )
+
+    # (4) beta: FMT > PET; LoRA > prompt.
+    betas = {
+        m: get[(m, "model_size")]["params"]["beta"] for m in methods if (m, "model_size") in get
+    }
+    checks = []
+    if "fmt" in betas:
+        checks += [betas["fmt"] > betas[m] for m in ("lora", "prompt") if m in betas]
+    if "lora" in betas and "prompt" in betas:
+        checks.append(betas["lora"] > betas["prompt"])
+    text = "beta (model-size fits): " + _fmt_map(betas)
+    out.append(
+        _finding(
+            4,
+            "beta is larger for FMT than for PET, and for LoRA than for prompt",
+            all(checks) if checks else None,
+            text,
+        )
+    )
+
+    # (5) critical data sizes exist; PET first at small data.
+    found = [c for c in critical if c["crossings"]]
+    fmt_pairs = [c for c in critical if "fmt" in (c["first"], c["second"])]
+    pet_first = [c for c in fmt_pairs if c["better_at_small_data"] != "fmt"]
+    text = (
+        f"{len(found)} of {len(critical)} (pair, model size) cases cross in "
+        f"[{CRITICAL_RANGE[0]:g}, {CRITICAL_RANGE[1]:g}] examples; PET ahead of FMT at the "
+        f"smallest D_f in {len(pet_first)} of {len(fmt_pairs)} cases"
+    )
+    first = [
+        f"{c['first']}/{c['second']} at X={c['x']:.3g}: {c['crossings'][0]:.0f}" for c in found[:6]
+    ]
+    if first:
+        text += "; e.g. " + ", ".join(first)
+    out.append(
+        _finding(
+            5,
+            "Critical data sizes exist (PET first at small data, FMT later)",
+            bool(found) and bool(pet_first) if critical else None,
+            text,
+        )
+    )
+    return out
+
+
+def _finding(number: int, claim: str, ok: bool | None, detail: str) -> dict:
+    status = "not testable" if ok is None else ("reproduced" if ok else "not reproduced")
+    return {"number": number, "claim": claim, "status": status, "detail": detail}
+
+
+def _fmt_map(values: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in values.items() if v is not None) or "-"
+
+
+# -- everything -----------------------------------------------------------------------------------
+
+
+def analyse(rows: Sequence[dict], config) -> dict:
+    """The whole analysis of a store's rows under a study config, as JSON-ready data."""
+    frame = runs_frame(rows)
+    notes: list[str] = []
+    fits: list[dict] = []
+    if len(frame):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for method in config.methods:
+                for form in config.analysis.forms:
+                    fits += fit_method(frame, config, method, form, notes)
+        notes += sorted({str(w.message) for w in caught})
+    form = (
+        "multiplicative" if "multiplicative" in config.analysis.forms else config.analysis.forms[0]
+    )
+    if config.evals and not (len(frame) and frame["evals"].map(bool).any()):
+        names = ", ".join(e.name for e in config.evals)
+        notes.append(
+            f"extra eval sets ({names}) are declared but no run recorded eval scores: this "
+            "ftscale's run spec does not evaluate them yet; generalisation uses generation scores"
+        )
+    critical = critical_sizes(fits, form, config.analysis.level)
+    counts = frame["status"].value_counts().to_dict() if len(frame) else {}
+    return {
+        "study": config.name,
+        "counts": {k: int(v) for k, v in counts.items()},
+        "n_runs": len(frame),
+        "fits": fits,
+        "critical": critical,
+        "critical_form": form,
+        "trends": trends(frame) if len(frame) else {},
+        "generalisation": generalisation(frame) if len(frame) else [],
+        "flagged": flagged(frame) if len(frame) else [],
+        "findings": findings(fits, critical, config),
+        "best_forms": best_forms(fits),
+        "notes": notes,
+    }
+
+
+def best_forms(fits: list[dict]) -> dict[str, str]:
+    """Per ``method/sweep``, the form with the lowest held-out error (Delta_h)."""
+    best: dict[str, tuple[float, str]] = {}
+    for f in fits:
+        if f["delta_h"] is None:
+            continue
+        key = f"{f['method']}/{f['sweep']}"
+        if key not in best or f["delta_h"] < best[key][0]:
+            best[key] = (f["delta_h"], f["form"])
+    return {k: v[1] for k, v in best.items()}

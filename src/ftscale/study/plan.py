@@ -1,0 +1,316 @@
+"""The plan: every finetuning run a study asks for, as run specs with their place in the design.
+
+Runs come from the study's sweeps (Zhang et al., ICLR 2024, Table 1b):
+
+* ``model_size``: every rung at its final checkpoint, each method at its default size;
+* ``pretraining``: every checkpoint of one rung (the smallest by default), default sizes;
+* ``pet_size``: the smallest rung's final checkpoint, each PET method at each of its sizes;
+
+each crossed with the method's D_f values and subset seeds. A run that two sweeps share (the
+smallest rung's final checkpoint at default sizes) is planned once and tagged with both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftscale.errors import UserError
+from ftscale.study.config import Study, rung_names, size_option
+
+#: Sweep names, in report order.
+SWEEPS = ("model_size", "pretraining", "pet_size")
+#: Folder of the study directory holding the capped test and eval sets the runs read.
+DATA_FOLDER = "data"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One base model: rung, pretraining tokens it saw, non-embedding parameters (None when not
+    known before the ladder is built), and what ``from_pretrained`` needs (path or id, revision)."""
+
+    rung: str
+    tokens_seen: int | None
+    nonembedding_params: int | None
+    path: str
+    revision: str | None = None
+
+
+@dataclass
+class PlannedRun:
+    """One run of the plan: its spec and where it sits in the design."""
+
+    job: Any  # FinetuneJob
+    checkpoint: Checkpoint
+    method: str
+    method_size: int | None
+    examples: int
+    subset_seed: int
+    sweeps: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.job.key
+
+    def meta(self) -> dict[str, Any]:
+        """The run's coordinates as stored beside its spec."""
+        return {
+            "rung": self.checkpoint.rung,
+            "tokens_seen": self.checkpoint.tokens_seen,
+            "nonembedding_params": self.checkpoint.nonembedding_params,
+            "method": self.method,
+            "method_size": self.method_size,
+            "examples": self.examples,
+            "subset_seed": self.subset_seed,
+            "sweeps": list(self.sweeps),
+            "model": self.job.model,
+            "revision": self.job.revision,
+        }
+
+
+@dataclass
+class Plan:
+    """Every run of a study, in execution order (cheap runs first), and the lr-search groups."""
+
+    runs: list[PlannedRun]
+    checkpoints: list[Checkpoint]
+    data_ready: bool
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def by_key(self) -> dict[str, PlannedRun]:
+        return {r.key: r for r in self.runs}
+
+
+# -- base models -------------------------------------------------------------------------------
+
+
+def checkpoints(study: Study, cache: str | Path | None = None) -> list[Checkpoint]:
+    """The study's base models: from the built ladder when it is in the cache, else from the
+    config alone (paths where the build will put them, sizes from ``[sizes]`` or unknown)."""
+    from ftscale.models import ladder as ladders
+
+    entry = ladders.entry_path(study.ladder, cache)
+    if ladders.is_complete(entry):
+        return [
+            Checkpoint(
+                rung=row["rung"],
+                tokens_seen=row.get("tokens_seen"),
+                nonembedding_params=row.get("nonembedding_params"),
+                path=str(row["path"]),
+                revision=row.get("revision"),
+            )
+            for row in ladders.read_ladder(entry)
+        ]
+    return _unbuilt_checkpoints(study, entry)
+
+
+def _unbuilt_checkpoints(study: Study, entry: Path) -> list[Checkpoint]:
+    ladder, sizes = study.ladder, study.config.sizes
+    out = []
+    if ladder.kind == "pretrain":
+        tokens = sorted(set(ladder.recipe.checkpoints) | {ladder.recipe.tokens})
+        for rung in ladder.rungs:
+            params = sizes.get(rung.name) or llama_nonembedding_params(rung)
+            for n in tokens:
+                path = str(entry / rung.name / f"tokens-{n:09d}")
+                out.append(Checkpoint(rung.name, n, params, path))
+        return out
+    for rung in ladder.external:
+        revisions = rung.revisions or [None]
+        for rev in revisions:
+            tokens = (rev.tokens if rev is not None else None) or rung.tokens
+            name = rev.revision if rev is not None else None
+            out.append(Checkpoint(rung.name, tokens, sizes.get(rung.name), rung.model, name))
+    return out
+
+
+def llama_nonembedding_params(rung) -> int:
+    """Non-embedding parameters of a ladder rung before it is built (Llama shape: per layer the
+    q/k/v/o projections 4 w^2, the SwiGLU MLP 3 w ffn and two RMSNorm weights 2 w, plus the final
+    norm w); equal to what the build reports for ftscale's pretrained rungs."""
+    w = rung.width
+    return rung.layers * (4 * w * w + 3 * w * rung.ffn + 2 * w) + w
+
+
+def _final(rows: list[Checkpoint]) -> Checkpoint:
+    """The last checkpoint of a rung (most tokens; config order when tokens are unknown)."""
+    known = [r for r in rows if r.tokens_seen is not None]
+    return max(known, key=lambda r: r.tokens_seen) if known else rows[-1]
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def data_sources(study: Study, data_dir: Path):
+    """(train, dev, test) :class:`DataSource` values of the study's task. The test set, when
+    capped, is a fixed sample written to ``data_dir`` by :func:`materialise_data`."""
+    from ftscale.finetune.job import DataSource
+
+    task = study.config.task
+    common = dict(
+        source_column=task.source_column, target_column=task.target_column, group=task.group
+    )
+    train = DataSource(task.spec, "train", **common)
+    dev = DataSource(task.spec, "dev", **common)
+    test = DataSource(task.spec, "test", **common)
+    if task.test_examples is not None:
+        test = DataSource(str(data_dir / "test.jsonl"))
+    return train, dev, test
+
+
+def materialise_data(study: Study, data_dir: Path) -> None:
+    """Write the capped test set (a seeded sample of ``task.test_examples`` pairs) atomically."""
+    from ftscale.data.tasks import load_task, write_pairs_jsonl
+    from ftscale.finetune.tasks import nested_subset
+
+    task = study.config.task
+    if task.test_examples is None:
+        return
+    target = data_dir / "test.jsonl"
+    if target.is_file():
+        return
+    pairs = load_task(
+        task.spec, "test", source=task.source_column, target=task.target_column, group=task.group
+    )
+    sample = nested_subset(pairs, min(task.test_examples, len(pairs)), 0)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / ".test.jsonl.part"
+    write_pairs_jsonl(sample, tmp)
+    tmp.replace(target)
+
+
+# -- the plan -----------------------------------------------------------------------------------
+
+
+def make_plan(study: Study, study_dir: Path, cache: str | Path | None = None) -> Plan:
+    """Every run of ``study`` (see the module docs); nothing is written."""
+    from ftscale.finetune.job import FinetuneJob
+    from ftscale.finetune.methods import make_method
+    from ftscale.finetune.tasks import TaskConfig
+    from ftscale.finetune.train import TrainConfig
+
+    config = study.config
+    data_dir = Path(study_dir) / DATA_FOLDER
+    train, dev, test = data_sources(study, data_dir)
+    task = TaskConfig(
+        template=config.task.template,
+        max_source_tokens=config.task.max_source_tokens,
+        max_target_tokens=config.task.max_target_tokens,
+    )
+    rows = checkpoints(study, cache)
+    by_rung: dict[str, list[Checkpoint]] = {}
+    for row in rows:
+        by_rung.setdefault(row.rung, []).append(row)
+    order = [n for n in rung_names(study.ladder) if n in by_rung]
+    if not order:
+        raise UserError(f"{study.origin}: the ladder has no checkpoints")
+    smallest = config.sweeps.pretraining.rung or order[0]
+
+    planned: dict[str, PlannedRun] = {}
+
+    def add(sweep: str, ckpt: Checkpoint, method: str, options: dict) -> None:
+        method_config = make_method(method, **options)
+        for examples in config.examples.for_method(method):
+            for subset_seed in config.examples.subset_seeds:
+                train_config = _train_config(config, method, examples, subset_seed, TrainConfig)
+                job = FinetuneJob(
+                    model=ckpt.path,
+                    revision=ckpt.revision,
+                    method=method_config,
+                    train=train,
+                    dev=dev,
+                    test=test,
+                    task=task,
+                    train_config=train_config,
+                )
+                key = job.key
+                if key not in planned:
+                    planned[key] = PlannedRun(
+                        job, ckpt, method, method_config.size, examples, subset_seed
+                    )
+                if sweep not in planned[key].sweeps:
+                    planned[key].sweeps.append(sweep)
+
+    sweeps = config.sweeps
+    if sweeps.model_size.enabled:
+        for rung in order:
+            for method in sweeps.model_size.methods or list(config.methods):
+                add("model_size", _final(by_rung[rung]), method, config.methods[method])
+    if sweeps.pretraining.enabled:
+        for ckpt in by_rung[smallest]:
+            for method in sweeps.pretraining.methods or list(config.methods):
+                add("pretraining", ckpt, method, config.methods[method])
+    if sweeps.pet_size.enabled:
+        for method, sizes in sweeps.pet_size.sizes.items():
+            for size in sizes:
+                options = {**config.methods[method], size_option(method): size}
+                add("pet_size", _final(by_rung[smallest]), method, options)
+    runs = sorted(planned.values(), key=_cost_order)
+    ready = config.task.test_examples is None or (data_dir / "test.jsonl").is_file()
+    return Plan(runs=runs, checkpoints=rows, data_ready=ready)
+
+
+def _train_config(config, method: str, examples: int, subset_seed: int, TrainConfig):
+    t = config.train
+    return TrainConfig(
+        examples=examples,
+        subset_seed=subset_seed,
+        seed=t.seed,
+        learning_rate=t.rate_for(method),
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
+        batch_size=t.batch_size,
+        max_steps=t.max_steps,
+        epochs=t.epochs,
+        min_steps=t.min_steps,
+        warmup_fraction=t.warmup_fraction,
+        final_lr_fraction=t.final_lr_fraction,
+        eval_every=t.eval_every,
+        evals=t.evals,
+        patience=t.patience,
+        dev_examples=t.dev_examples,
+        gen_examples=t.gen_examples,
+        max_new_tokens=t.max_new_tokens,
+        device=t.device,
+        bf16=t.bf16,
+    )
+
+
+def _cost_order(run: PlannedRun):
+    """Cheap runs first (small models, few examples), so a study shows results early."""
+    params = run.checkpoint.nonembedding_params or 0
+    return (params, run.examples, run.method, run.method_size or 0, run.subset_seed)
+
+
+# -- cost ---------------------------------------------------------------------------------------
+
+#: Rough CPU cost model of one run, from ftscale's measurements on a 2-core CPU (one thread):
+#: a fixed per-run cost (load, dev checks, test) plus per-step time growing with the model.
+RUN_OVERHEAD_S = 1.5
+STEP_BASE_S = 0.015
+#: Effective FLOP/s of one CPU thread on small models (forward + backward = 6 FLOP/param/token).
+CPU_FLOPS = 4e9
+
+
+def estimate_seconds(run: PlannedRun) -> float | None:
+    """Rough seconds for one run on one CPU thread; None when the model size is unknown."""
+    params = run.checkpoint.nonembedding_params
+    if params is None:
+        return None
+    config = run.job.train_config
+    steps = config.total_steps(run.examples)
+    tokens = config.batch_size * 80  # ~80 tokens per example (source + target) in the corpus
+    per_step = STEP_BASE_S + 6 * params * tokens / CPU_FLOPS
+    return RUN_OVERHEAD_S + steps * per_step
+
+
+def estimate_total(plan: Plan, workers: int) -> float | None:
+    """Estimated wall seconds of the plan with ``workers`` parallel runs; None if unknown."""
+    seconds = [estimate_seconds(r) for r in plan.runs]
+    if any(s is None for s in seconds):
+        return None
+    return math.fsum(seconds) / max(1, workers)

@@ -1,0 +1,186 @@
+"""Which finetuning method to use at a given base-model size and data size (beyond the paper).
+
+From a study's model-size fits (the form with the lowest held-out error per method, else the
+first), for a base model of N non-embedding parameters and D_f examples: each method's predicted
+test NLL with a bootstrap interval, the critical data sizes around D_f (where two methods swap
+order), and the best method. With a target loss: the D_f each method needs (solved on its law)
+and the training time that takes, extrapolated from the store's measured training seconds
+(seconds per example per parameter, the median over the method's runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import brentq
+
+from ftscale.errors import UserError
+from ftscale.study.analysis import CRITICAL_RANGE, boot_of, law_of
+
+
+def _check(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UserError(f"{name} must be a positive number, got {value:g}")
+
+
+def _analysis(study_dir: Path) -> dict:
+    from ftscale.study.store import STORE_FILE, open_store
+
+    open_store(study_dir).close()
+    fits = study_dir / "fits.json"
+    if fits.is_file() and fits.stat().st_mtime >= (study_dir / STORE_FILE).stat().st_mtime:
+        try:
+            return json.loads(fits.read_text(encoding="utf-8"))
+        except ValueError:
+            pass
+    from ftscale.study.reporting import analyse_dir
+
+    return analyse_dir(study_dir)
+
+
+def _choose(analysis: dict) -> dict[str, dict]:
+    best = analysis.get("best_forms", {})
+    out: dict[str, dict] = {}
+    for f in analysis["fits"]:
+        if f["sweep"] != "model_size":
+            continue
+        wanted = best.get(f"{f['method']}/model_size")
+        if f["method"] not in out or f["form"] == wanted:
+            out[f["method"]] = f
+    return out
+
+
+def _seconds_per_unit(study_dir: Path) -> dict[str, float]:
+    """Training seconds per (example x parameter), median per method, from the store."""
+    from ftscale.study.store import open_store
+
+    per: dict[str, list[float]] = {}
+    with open_store(study_dir) as store:
+        for row in store.rows():
+            record = row["record"] or {}
+            if row["status"] == "ok" and record.get("train_s") and row["nonembedding_params"]:
+                per.setdefault(row["method"], []).append(
+                    record["train_s"] / (row["examples"] * row["nonembedding_params"])
+                )
+    return {m: float(np.median(v)) for m, v in per.items()}
+
+
+def recommend(
+    study_dir,
+    model_size: float,
+    examples: float,
+    target_loss: float | None = None,
+    level: float = 0.95,
+) -> dict:
+    """The recommendation as JSON-ready data (see the module docs)."""
+    _check("--model-size", model_size)
+    _check("--examples", examples)
+    _check("--target-loss", target_loss)
+    study_dir = Path(study_dir)
+    analysis = _analysis(study_dir)
+    fits = _choose(analysis)
+    if not fits:
+        raise UserError(f"{study_dir}: no model-size fits yet (run the study to the end first)")
+    point = np.array([[model_size, examples]])
+    methods = {}
+    for method, entry in fits.items():
+        law = law_of(entry)
+        loss = float(law.predict(point)[0])
+        interval = None
+        boot = boot_of(entry)
+        if boot is not None:
+            lo, hi = boot.predict_interval(point, level)
+            interval = [float(lo[0]), float(hi[0])]
+        methods[method] = {
+            "form": entry["form"],
+            "predicted_loss": loss,
+            "interval": interval,
+            "params": entry["params"],
+        }
+    best = min(methods, key=lambda m: methods[m]["predicted_loss"])
+    xs = [p["x"] for f in fits.values() for p in f["points"]]
+    ds = [p["examples"] for f in fits.values() for p in f["points"]]
+    result = {
+        "study": analysis.get("study"),
+        "model_size": model_size,
+        "examples": examples,
+        "methods": methods,
+        "best": best,
+        "critical": _critical(fits, model_size),
+        "extrapolated": not (min(xs) <= model_size <= max(xs) and min(ds) <= examples <= max(ds)),
+    }
+    if target_loss is not None:
+        result["target_loss"] = target_loss
+        result["to_target"] = _to_target(
+            fits, model_size, target_loss, _seconds_per_unit(study_dir)
+        )
+    return result
+
+
+def _critical(fits: dict[str, dict], x: float) -> list[dict]:
+    from itertools import combinations
+
+    from ftscale.laws import crossings
+
+    out = []
+    for (m1, f1), (m2, f2) in combinations(fits.items(), 2):
+        found = crossings(law_of(f1), law_of(f2), x, CRITICAL_RANGE)
+        out.append({"first": m1, "second": m2, "crossings": found})
+    return out
+
+
+def _to_target(fits, x: float, target: float, seconds: dict[str, float]) -> dict[str, dict]:
+    out = {}
+    lo, hi = CRITICAL_RANGE
+    for method, entry in fits.items():
+        law = law_of(entry)
+
+        def gap(log_d: float, law=law) -> float:
+            return float(law.predict(np.array([[x, math.exp(log_d)]]))[0]) - target
+
+        if gap(math.log(hi)) > 0:
+            out[method] = {"examples": None, "reachable": False, "train_s": None}
+            continue
+        d = lo if gap(math.log(lo)) <= 0 else math.exp(brentq(gap, math.log(lo), math.log(hi)))
+        rate = seconds.get(method)
+        out[method] = {
+            "examples": d,
+            "reachable": True,
+            "train_s": None if rate is None else rate * d * x,
+        }
+    return out
+
+
+def render(result: dict) -> str:
+    """The recommendation as text lines."""
+    lines = [
+        f"study {result['study']}: base model N = {result['model_size']:.4g} non-embedding "
+        f"parameters, D_f = {result['examples']:.4g} examples"
+        + (" (extrapolated beyond the study's runs)" if result["extrapolated"] else "")
+    ]
+    for method, m in sorted(result["methods"].items(), key=lambda kv: kv[1]["predicted_loss"]):
+        iv = m["interval"]
+        shown = f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else ""
+        lines.append(
+            f"  {method:<8} predicted test NLL {m['predicted_loss']:.4f}{shown} ({m['form']} law)"
+        )
+    for c in result["critical"]:
+        where = ", ".join(f"{v:,.0f}" for v in c["crossings"]) or "none in range"
+        lines.append(f"  {c['first']} = {c['second']} at D_f: {where}")
+    lines.append(f"best method here: {result['best']}")
+    if "to_target" in result:
+        lines.append(f"to reach test NLL {result['target_loss']:g}:")
+        for method, t in result["to_target"].items():
+            if not t["reachable"]:
+                lines.append(f"  {method:<8} not reachable (its law levels off above the target)")
+                continue
+            cost = "" if t["train_s"] is None else f", about {t['train_s']:,.0f} s of training"
+            lines.append(f"  {method:<8} {t['examples']:,.0f} examples{cost}")
+        reach = {m: t for m, t in result["to_target"].items() if t["reachable"] and t["train_s"]}
+        if reach:
+            cheapest = min(reach, key=lambda m: reach[m]["train_s"])
+            lines.append(f"cheapest way to the target: {cheapest}")
+    return "\n".join(lines)

@@ -1,0 +1,401 @@
+"""Running a study: build the base models, plan, search learning rates, run, store, report.
+
+:func:`run_study` is what ``ftscale study run`` calls. Every step can be interrupted and resumed:
+the ladder build is atomic, the store keeps each run's outcome in one transaction, finished runs
+are skipped on the next call, rows left ``running`` by a killed process run again, and
+learning-rate searches are stored so a resumed study does not repeat them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftscale.errors import Interrupted, UserError
+from ftscale.study.config import Study
+from ftscale.study.executors import ExecutorOptions, make_executor
+from ftscale.study.plan import DATA_FOLDER, Plan, make_plan, materialise_data
+from ftscale.study.store import STORE_FILE, Store
+
+#: File held locked while a study directory is being run (one driver per directory).
+LOCK_FILE = ".lock"
+
+
+@dataclass
+class RunSummary:
+    """What one ``run_study`` call did."""
+
+    study_dir: Path
+    planned: int
+    ran: int
+    ok: int
+    failed: int
+    skipped: int
+    wall_s: float
+    report: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def locked(study_dir: Path):
+    """Hold the study directory's lock; a second driver gets a one-line error."""
+    handle = open(study_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{study_dir}: another `ftscale study run` is using it") from None
+        yield
+    finally:
+        handle.close()
+
+
+def check_study_dir(study_dir: Path, study: Study) -> None:
+    """Fail before writing anything if ``study_dir`` cannot hold this study."""
+    if study_dir.exists() and not study_dir.is_dir():
+        raise UserError(f"{study_dir}: exists and is not a directory")
+    if not study_dir.parent.is_dir():
+        raise UserError(f"{study_dir}: folder {study_dir.parent} does not exist")
+    store = study_dir / STORE_FILE
+    if store.exists():
+        with Store(store) as existing:
+            name = existing.meta().get("study")
+        if name is not None and name != study.name:
+            raise UserError(
+                f"{study_dir}: holds study {name!r}, not {study.name!r} (use another --dir)"
+            )
+    elif study_dir.is_dir() and any(study_dir.iterdir()):
+        raise UserError(f"{study_dir}: not empty and not a study directory (use another --dir)")
+
+
+def run_study(
+    study: Study,
+    study_dir: Path,
+    *,
+    executor: str | None = None,
+    options: ExecutorOptions | None = None,
+    retry_failed: bool = False,
+    cache: str | Path | None = None,
+    say: Callable[[str], None] | None = None,
+    progress: str = "auto",
+    report: bool = True,
+) -> RunSummary:
+    """Run ``study`` into ``study_dir`` (see the module docs). ``progress`` is ``"bar"``,
+    ``"lines"``, ``"none"`` or ``"auto"`` (a bar on a terminal)."""
+    start = time.perf_counter()
+    config = study.config
+    options = options or ExecutorOptions(
+        workers=config.run.workers,
+        threads=config.run.threads,
+        num_cpus=config.run.num_cpus,
+        num_gpus=config.run.num_gpus,
+    )
+    runner = make_executor(executor or config.run.executor, options)
+    say = say or (lambda message: None)
+    study_dir = Path(study_dir).absolute()
+    check_study_dir(study_dir, study)
+    study_dir.mkdir(exist_ok=True)
+    with locked(study_dir), Store(study_dir / STORE_FILE, create=True) as store:
+        store.set_meta(
+            study=study.name,
+            origin=study.origin,
+            config=config.model_dump(mode="json"),
+            ladder=study.ladder.model_dump(mode="json"),
+        )
+        try:
+            _build_ladder(study, cache, say, progress)
+            materialise_data(study, study_dir / DATA_FOLDER)
+            plan = make_plan(study, study_dir, cache)
+        except KeyboardInterrupt as exc:
+            counts = store.counts()
+            raise Interrupted(
+                f"{counts['ok'] + counts['failed']} runs are in the store (interrupted before "
+                "running; an unfinished ladder build starts again); rerun to resume",
+                getattr(exc, "exit_code", 130),
+            ) from None
+        plan = _resolve_learning_rates(plan, store, runner, say)
+        store.sync_plan(plan.runs)
+        todo = store.to_run(retry_failed)
+        skipped = len(plan) - len(todo)
+        say(
+            f"study {study.name}: {len(plan)} runs planned, {skipped} already in the store, "
+            f"{len(todo)} to run on {runner.describe(len(todo))}"
+        )
+        outcomes = _execute(store, runner, todo, plan, progress, say)
+        counts = store.counts()
+    summary = RunSummary(
+        study_dir=study_dir,
+        planned=len(plan),
+        ran=len(outcomes),
+        ok=sum(o == "ok" for o in outcomes.values()),
+        failed=sum(o != "ok" for o in outcomes.values()),
+        skipped=skipped,
+        wall_s=time.perf_counter() - start,
+    )
+    if counts.get("failed"):
+        say(
+            f"{counts['failed']} run(s) failed: `ftscale study status {study_dir}` lists them; "
+            "rerun with --retry-failed to try them again"
+        )
+    if report:
+        from ftscale.study.reporting import write_report
+
+        summary.report = {k: str(v) for k, v in write_report(study_dir).items()}
+    return summary
+
+
+def _build_ladder(study: Study, cache, say, progress: str) -> None:
+    from ftscale.models.ladder import build_ladder, entry_path, is_complete
+
+    if is_complete(entry_path(study.ladder, cache)):
+        return
+    say(f"building ladder {study.ladder.name} (base models; cached for later studies)")
+    t0 = time.perf_counter()
+    path, _ = build_ladder(study.ladder, cache, progress=progress != "none" and _tty(progress))
+    say(f"ladder built in {time.perf_counter() - t0:.0f} s: {path}")
+
+
+def _tty(progress: str) -> bool:
+    return progress == "bar" or (progress == "auto" and sys.stderr.isatty())
+
+
+def lr_group(run) -> str:
+    """The learning-rate search group of a run: one search per method and base model."""
+    return f"{run.method}|{run.job.model}|{run.job.revision or ''}"
+
+
+def _resolve_learning_rates(plan: Plan, store: Store, runner, say) -> Plan:
+    """Replace ``learning_rate = "auto"`` by each group's searched rate (searching the groups
+    the store does not have yet, one representative job each: the median D_f, first seed)."""
+    groups: dict[str, list] = {}
+    for run in plan.runs:
+        if run.job.train_config.learning_rate == "auto":
+            groups.setdefault(lr_group(run), []).append(run)
+    if not groups:
+        return plan
+    missing = {g: runs for g, runs in groups.items() if store.lr_search(g) is None}
+    if missing:
+        say(f"searching learning rates for {len(missing)} (method, base model) group(s)")
+        tasks = []
+        for group, runs in missing.items():
+            sizes = sorted({r.examples for r in runs})
+            middle = sizes[len(sizes) // 2]
+            rep = min((r for r in runs if r.examples == middle), key=lambda r: r.subset_seed)
+            tasks.append((group, "search", rep.job.to_json()))
+        try:
+            for group, outcome in runner.map(tasks):
+                run = groups[group][0]
+                search = outcome.get("search")
+                if search is None:  # the search itself failed: fall back to the default rate
+                    search = {
+                        "chosen": run.job.method.default_learning_rate,
+                        "error": outcome.get("error"),
+                        "fallback": True,
+                    }
+                    say(
+                        f"learning-rate search {group} failed ({outcome.get('error')}); "
+                        f"using the default {search['chosen']:g}"
+                    )
+                store.save_lr_search(group, run.method, run.job.model, run.job.revision, search)
+        except KeyboardInterrupt as exc:
+            runner.close()
+            done = len(store.lr_searches())
+            raise Interrupted(
+                f"{done} of {len(groups)} learning-rate searches are in the store; rerun to resume",
+                getattr(exc, "exit_code", 130),
+            ) from None
+    for group, runs in groups.items():
+        rate = store.lr_search(group)
+        for run in runs:
+            run.job = run.job.replace(learning_rate=rate)
+    return plan
+
+
+def _execute(store: Store, runner, todo: list[str], plan: Plan, progress: str, say) -> dict:
+    """Run ``todo`` through the executor, storing each outcome as it arrives."""
+    by_key = plan.by_key()
+    outcomes: dict[str, str] = {}
+    if not todo:
+        return outcomes
+
+    def tasks():
+        for key in todo:
+            store.mark_running(key)
+            yield key, "run", store.spec(key)
+
+    bar = _Progress(len(todo), progress, say)
+    try:
+        for key, outcome in runner.map(list(tasks()) if runner.name != "local" else _Lazy(tasks())):
+            store.finish(key, outcome)
+            outcomes[key] = outcome["status"]
+            bar.advance(by_key.get(key), outcome)
+    except KeyboardInterrupt as exc:
+        runner.close()
+        store.mark_pending([k for k in todo if k not in outcomes])
+        bar.close()
+        counts = store.counts()
+        stored = counts["ok"] + counts["failed"]
+        raise Interrupted(
+            f"{stored} of {len(plan)} runs are in the store; rerun to resume",
+            getattr(exc, "exit_code", 130),
+        ) from None
+    bar.close()
+    return outcomes
+
+
+class _Lazy:
+    """A sequence-like wrapper so the local executor pulls (and marks running) one task at a
+    time."""
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+
+    def __iter__(self):
+        return iter(self.generator)
+
+    def __len__(self) -> int:  # executors only test emptiness
+        return 1
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class _Progress:
+    """A rich bar with ETA on a terminal, plain lines otherwise, nothing with ``none``."""
+
+    def __init__(self, total: int, mode: str, say) -> None:
+        self.total, self.done, self.say, self.bar = total, 0, say, None
+        self.mode = "bar" if _tty(mode) else ("none" if mode == "none" else "lines")
+        self.start = time.perf_counter()
+        if self.mode == "bar":
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("runs"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("", total=total)
+
+    def advance(self, run, outcome: dict) -> None:
+        self.done += 1
+        what = (
+            "?"
+            if run is None
+            else (
+                f"{run.method} {run.checkpoint.rung} tokens={run.checkpoint.tokens_seen} "
+                f"size={run.method_size} D_f={run.examples}"
+            )
+        )
+        record = outcome.get("record") or {}
+        result = (
+            f"test_nll {record['test_nll']:.4f}"
+            if outcome["status"] == "ok" and record.get("test_nll") is not None
+            else f"FAILED: {outcome.get('error')}"
+        )
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, description=f"{what}: {result}")
+        elif self.mode == "lines":
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / self.done * (self.total - self.done)
+            self.say(
+                f"[{self.done}/{self.total}] {what}: {result} "
+                f"({outcome.get('wall_s') or 0:.1f} s; eta {eta:.0f} s)"
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def status(study_dir: Path) -> dict:
+    """Progress of a study directory: counts per status, failed runs, searches, timings."""
+    from ftscale.study.store import open_store
+
+    with open_store(study_dir) as store:
+        rows = store.rows()
+        meta = store.meta()
+        searches = store.lr_searches()
+    counts = {s: 0 for s in ("pending", "running", "ok", "failed")}
+    for row in rows:
+        counts[row["status"]] += 1
+    done = [r for r in rows if r["wall_s"] is not None and r["status"] == "ok"]
+    return {
+        "study": meta.get("study"),
+        "origin": meta.get("origin"),
+        "dir": str(Path(study_dir)),
+        "planned": len(rows),
+        "counts": counts,
+        "complete": counts["ok"] + counts["failed"] == len(rows) and bool(rows),
+        "run_seconds": round(sum(r["wall_s"] for r in done), 1),
+        "failed": [
+            {
+                "key": r["key"],
+                "method": r["method"],
+                "rung": r["rung"],
+                "examples": r["examples"],
+                "error": r["error"],
+            }
+            for r in rows
+            if r["status"] == "failed"
+        ],
+        "lr_searches": [{"group": s["grp"], "learning_rate": s["learning_rate"]} for s in searches],
+    }
+
+
+def check_export_path(out: Path) -> str:
+    """The export format (``.csv`` or ``.parquet``) of ``out``; one-line error otherwise."""
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise UserError(f"{out}: export writes .csv or .parquet, not {out.suffix or 'no suffix'!r}")
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: folder {out.parent} does not exist")
+    return suffix
+
+
+def export_table(study_dir: Path, out: Path) -> int:
+    """Write the finished runs as CSV or Parquet (by suffix) with the columns ``ftscale fit``
+    reads by default (``examples``, ``test_nll``) and the design's (``nonembedding_params``,
+    ``tokens_seen``, ``method_size``, ``method``, ``rung``, ...). Returns the rows written."""
+    import pandas as pd
+
+    from ftscale.common import first_line
+    from ftscale.study.analysis import runs_frame
+    from ftscale.study.store import open_store
+
+    suffix = check_export_path(out)
+    with open_store(study_dir) as store:
+        frame = runs_frame(store.rows())
+    frame = frame.drop(columns=["evals"], errors="ignore")
+    frame["sweeps"] = frame["sweeps"].map(json.dumps) if len(frame) else frame.get("sweeps")
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+        tmp.replace(out)
+    except (OSError, ValueError, ImportError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{out}: cannot write: {first_line(exc)}") from None
+    del pd
+    return len(frame)

@@ -1,0 +1,284 @@
+"""The results store: one SQLite file per study directory, one row per run.
+
+Plain :mod:`sqlite3` in WAL mode, each write one transaction, so a process killed at any point
+leaves the file consistent: a run is ``pending`` until it starts, ``running`` while it trains, and
+``ok`` or ``failed`` once its record is in. Rows left ``running`` by a killed process are run
+again. The schema (documented in ``docs/study.md``) is readable with ``sqlite3``, pandas
+(``pd.read_sql("select * from runs", sqlite3.connect(path))``) or duckdb.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ftscale.errors import UserError
+
+#: File name of the store inside a study directory.
+STORE_FILE = "study.sqlite"
+#: Version of the schema below, kept in ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "running", "ok", "failed")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,            -- FinetuneJob.key (16 hex digits)
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'ok', 'failed')),
+    planned INTEGER NOT NULL DEFAULT 1,  -- 1 if the current study file plans this run
+    method TEXT NOT NULL,
+    rung TEXT NOT NULL,
+    nonembedding_params INTEGER,     -- parameters of the base model, embeddings excluded
+    tokens_seen INTEGER,             -- pretraining tokens of the base model
+    method_size INTEGER,             -- prompt length / LoRA rank (NULL for fmt)
+    examples INTEGER NOT NULL,       -- D_f, finetuning examples
+    subset_seed INTEGER NOT NULL,
+    sweeps TEXT NOT NULL,            -- JSON list: model_size, pretraining, pet_size
+    test_nll REAL,                   -- nats per target token (copied from the record)
+    spec TEXT NOT NULL,              -- FinetuneJob JSON
+    record TEXT,                     -- RunRecord JSON once the run ended
+    error TEXT,                      -- one line, for failed runs
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,        -- Unix seconds
+    started_at REAL,
+    finished_at REAL,
+    wall_s REAL                      -- seconds from start to end of the last attempt
+);
+CREATE TABLE IF NOT EXISTS lr_searches (
+    grp TEXT PRIMARY KEY,            -- method|model|revision
+    method TEXT NOT NULL,
+    model TEXT NOT NULL,
+    revision TEXT,
+    learning_rate REAL NOT NULL,     -- the rate chosen and used by every run of the group
+    search TEXT NOT NULL,            -- JSON of the search (grid, dev_nll, steps, chosen, ...)
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,           -- study, origin, config (JSON), ...
+    value TEXT NOT NULL
+);
+"""
+
+
+class Store:
+    """The study's SQLite store (see the module docs). Use as a context manager or ``close()``."""
+
+    def __init__(self, path: str | Path, *, create: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise UserError(f"{self.path.parent}: not a study directory (no {STORE_FILE})")
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                with self.transaction():
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path}: not a study store ({exc})") from None
+        if version != SCHEMA_VERSION or "runs" not in tables:
+            self.db.close()
+            raise UserError(f"{self.path}: not a study store of this ftscale (schema {version})")
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def transaction(self):
+        return _Transaction(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- meta --------------------------------------------------------------------------------
+    def set_meta(self, **values: Any) -> None:
+        with self.transaction():
+            for name, value in values.items():
+                self.db.execute(
+                    "INSERT INTO meta(name, value) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    (name, json.dumps(value)),
+                )
+
+    def meta(self) -> dict[str, Any]:
+        return {r["name"]: json.loads(r["value"]) for r in self.db.execute("SELECT * FROM meta")}
+
+    # -- runs ----------------------------------------------------------------------------------
+    def sync_plan(self, runs: Iterable) -> int:
+        """Add planned runs not yet in the store (``pending``), mark which rows the current plan
+        has, and reset rows left ``running`` by a killed process; one transaction. Returns the
+        number of runs added."""
+        now = time.time()
+        added = 0
+        with self.transaction():
+            self.db.execute("UPDATE runs SET planned = 0")
+            for run in runs:
+                meta = run.meta()
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO runs(key, status, method, rung, nonembedding_params, "
+                    "tokens_seen, method_size, examples, subset_seed, sweeps, spec, created_at) "
+                    "VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run.key,
+                        meta["method"],
+                        meta["rung"],
+                        meta["nonembedding_params"],
+                        meta["tokens_seen"],
+                        meta["method_size"],
+                        meta["examples"],
+                        meta["subset_seed"],
+                        json.dumps(meta["sweeps"]),
+                        run.job.to_json(),
+                        now,
+                    ),
+                )
+                added += cur.rowcount
+                self.db.execute(
+                    "UPDATE runs SET planned = 1, sweeps = ? WHERE key = ?",
+                    (json.dumps(meta["sweeps"]), run.key),
+                )
+            self.db.execute("UPDATE runs SET status = 'pending' WHERE status = 'running'")
+        return added
+
+    def to_run(self, retry_failed: bool = False) -> list[str]:
+        """Keys of planned runs still to do (pending; failed too with ``retry_failed``)."""
+        statuses = ("pending", "failed") if retry_failed else ("pending",)
+        marks = ",".join("?" * len(statuses))
+        rows = self.db.execute(
+            f"SELECT key FROM runs WHERE planned = 1 AND status IN ({marks}) ORDER BY rowid",
+            statuses,
+        )
+        return [r["key"] for r in rows]
+
+    def mark_running(self, key: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE runs SET status = 'running', attempts = attempts + 1, started_at = ?, "
+                "error = NULL WHERE key = ?",
+                (time.time(), key),
+            )
+
+    def mark_pending(self, keys: Iterable[str]) -> None:
+        """Put runs back to ``pending`` (an interrupted sweep)."""
+        with self.transaction():
+            for key in keys:
+                self.db.execute(
+                    "UPDATE runs SET status = 'pending' WHERE key = ? AND status = 'running'",
+                    (key,),
+                )
+
+    def finish(self, key: str, outcome: dict[str, Any]) -> None:
+        """Store a run's outcome (from :func:`ftscale.study.worker.execute`): one transaction."""
+        record = outcome.get("record")
+        status = "ok" if outcome.get("status") == "ok" else "failed"
+        test_nll = record.get("test_nll") if record else None
+        now = time.time()
+        with self.transaction():
+            self.db.execute(
+                "UPDATE runs SET status = ?, record = ?, error = ?, test_nll = ?, "
+                "finished_at = ?, wall_s = ? WHERE key = ?",
+                (
+                    status,
+                    json.dumps(record) if record is not None else None,
+                    outcome.get("error"),
+                    test_nll,
+                    now,
+                    outcome.get("wall_s"),
+                    key,
+                ),
+            )
+
+    def spec(self, key: str) -> str:
+        row = self.db.execute("SELECT spec FROM runs WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise UserError(f"{self.path}: no run {key}")
+        return row["spec"]
+
+    def rows(self, planned_only: bool = True) -> list[dict[str, Any]]:
+        """Every run as a dict (``sweeps`` and ``record`` parsed)."""
+        where = " WHERE planned = 1" if planned_only else ""
+        out = []
+        for row in self.db.execute(f"SELECT * FROM runs{where} ORDER BY rowid"):
+            item = dict(row)
+            item["sweeps"] = json.loads(item["sweeps"])
+            item["record"] = json.loads(item["record"]) if item["record"] else None
+            out.append(item)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Planned runs per status."""
+        out = dict.fromkeys(STATUSES, 0)
+        for row in self.db.execute(
+            "SELECT status, count(*) AS n FROM runs WHERE planned = 1 GROUP BY status"
+        ):
+            out[row["status"]] = row["n"]
+        return out
+
+    # -- learning-rate searches ----------------------------------------------------------------
+    def lr_search(self, group: str) -> float | None:
+        row = self.db.execute(
+            "SELECT learning_rate FROM lr_searches WHERE grp = ?", (group,)
+        ).fetchone()
+        return None if row is None else float(row["learning_rate"])
+
+    def save_lr_search(self, group: str, method: str, model: str, revision, search: dict) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO lr_searches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    group,
+                    method,
+                    model,
+                    revision,
+                    float(search["chosen"]),
+                    json.dumps(search),
+                    time.time(),
+                ),
+            )
+
+    def lr_searches(self) -> list[dict[str, Any]]:
+        out = []
+        for row in self.db.execute("SELECT * FROM lr_searches ORDER BY created_at"):
+            item = dict(row)
+            item["search"] = json.loads(item["search"])
+            out.append(item)
+        return out
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception, Ctrl-C included)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("ROLLBACK")
+
+
+def open_store(study_dir: str | Path) -> Store:
+    """The store of an existing study directory (one-line error if it is not one)."""
+    study_dir = Path(study_dir)
+    if not study_dir.exists():
+        raise UserError(f"{study_dir}: no such study directory")
+    if not study_dir.is_dir():
+        raise UserError(f"{study_dir}: not a directory")
+    return Store(study_dir / STORE_FILE)
