@@ -40,12 +40,32 @@ from ftscale.finetune import (
     TrainConfig,
     apply_method,
     encode_pairs,
+    finetune,
     make_method,
-    run_finetune,
 )
 
-SYLLABLES = ["ka", "lo", "mi", "ren", "tu", "sa", "bel", "dor", "ni", "ve", "gar", "po", "esh",
-             "ul", "tha", "wen", "ri", "cho", "an", "ist"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ren",
+    "tu",
+    "sa",
+    "bel",
+    "dor",
+    "ni",
+    "ve",
+    "gar",
+    "po",
+    "esh",
+    "ul",
+    "tha",
+    "wen",
+    "ri",
+    "cho",
+    "an",
+    "ist",
+]
 
 
 def make_words(n: int = 3000, seed: int = 0) -> list[str]:
@@ -70,8 +90,10 @@ def make_pairs(n: int, seed: int) -> list[Pair]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        words = [WORDS[min(int(rng.paretovariate(0.8)) - 1, len(WORDS) - 1)]
-                 for _ in range(rng.randint(4, 48))]
+        words = [
+            WORDS[min(int(rng.paretovariate(0.8)) - 1, len(WORDS) - 1)]
+            for _ in range(rng.randint(4, 48))
+        ]
         out.append(Pair(" ".join(words), " ".join(w[::-1] for w in words)))
     return out
 
@@ -84,12 +106,16 @@ def make_tokenizer(pairs: list[Pair], vocab: int = 2048):
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator((t for p in pairs for t in (p.source, p.target)), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
 
 
 def make_model(tokenizer):
@@ -97,20 +123,45 @@ def make_model(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LlamaForCausalLM(config)
 
 
 def bench_ftscale(model, tokenizer, method, train, dev, steps, batch, lr, threads, fast_head=True):
     """(tokens/s, padding fraction, tokens) of one ftscale run's training phase."""
-    config = TrainConfig(max_steps=steps, batch_size=batch, learning_rate=lr, eval_every=steps,
-                         patience=None, gen_examples=0, threads=threads, seed=0,
-                         fast_head=fast_head)
-    record = run_finetune(model, tokenizer, method, train, dev, dev[:8], config).record
+    config = TrainConfig(
+        max_steps=steps,
+        batch_size=batch,
+        learning_rate=lr,
+        eval_every=steps,
+        patience=None,
+        gen_examples=0,
+        threads=threads,
+        seed=0,
+        fast_head=fast_head,
+    )
+    record = finetune(
+        model=model,
+        tokenizer=tokenizer,
+        method=method,
+        train=train,
+        dev=dev,
+        test=dev[:8],
+        train_config=config,
+        return_model=True,
+    ).record
     assert record.status == "ok", record.reason
     return record.tokens_seen / record.train_s, record.padding_fraction, record.tokens_seen
 
@@ -137,8 +188,7 @@ def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads):
 
     encoded = encode_pairs(train, tokenizer, TaskConfig())
     rows = [
-        {"input_ids": ids, "attention_mask": [1] * len(ids),
-         "labels": [-100] * start + ids[start:]}
+        {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * start + ids[start:]}
         for ids, start in zip(encoded.ids, encoded.prompt_lengths, strict=True)
     ]
     torch.manual_seed(0)
@@ -146,10 +196,21 @@ def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads):
     collator = _CountingCollator(tokenizer)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr,
-            lr_scheduler_type="cosine", warmup_steps=max(1, int(0.05 * steps)),
-            max_grad_norm=1.0, weight_decay=0.0, logging_strategy="no", save_strategy="no",
-            report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            max_steps=steps,
+            learning_rate=lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=max(1, int(0.05 * steps)),
+            max_grad_norm=1.0,
+            weight_decay=0.0,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            seed=0,
             label_names=["labels"],
         )
         trainer = Trainer(model=trainable, args=args, train_dataset=rows, data_collator=collator)
@@ -176,40 +237,71 @@ def main() -> None:
     tokenizer = make_tokenizer(train)
     model = make_model(tokenizer)
     lengths = encode_pairs(train, tokenizer, TaskConfig()).lengths
-    print(f"model: Llama width 64, 2 layers, vocab {len(tokenizer)}; {len(train)} examples of "
-          f"{min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}); "
-          f"batch {args.batch}, {args.steps} steps, {args.threads} thread(s), "
-          f"best of {args.repeats}; torch {torch.__version__}")
-    methods = {"fmt": make_method("fmt"), "lora": make_method("lora", rank=4),
-               "prompt": make_method("prompt", prompt_length=20)}
-    header = (f"{'method':8} {'ftscale tok/s':>14} {'Trainer tok/s':>14} {'ratio':>6} "
-              f"{'pad ftscale':>12} {'pad Trainer':>12} {'ftscale full-head tok/s':>24}")
+    print(
+        f"model: Llama width 64, 2 layers, vocab {len(tokenizer)}; {len(train)} examples of "
+        f"{min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}); "
+        f"batch {args.batch}, {args.steps} steps, {args.threads} thread(s), "
+        f"best of {args.repeats}; torch {torch.__version__}"
+    )
+    methods = {
+        "fmt": make_method("fmt"),
+        "lora": make_method("lora", rank=4),
+        "prompt": make_method("prompt", prompt_length=20),
+    }
+    header = (
+        f"{'method':8} {'ftscale tok/s':>14} {'Trainer tok/s':>14} {'ratio':>6} "
+        f"{'pad ftscale':>12} {'pad Trainer':>12} {'ftscale full-head tok/s':>24}"
+    )
     rows = []
     for name in args.methods.split(","):
         method = methods[name]
         lr = method.default_learning_rate
         ours, theirs, full = [], [], []
         for _ in range(args.repeats):
-            ours.append(bench_ftscale(model, tokenizer, method, train, dev, args.steps,
-                                      args.batch, lr, args.threads))
-            full.append(bench_ftscale(model, tokenizer, method, train, dev, args.steps,
-                                      args.batch, lr, args.threads, fast_head=False))
-            theirs.append(bench_trainer(model, tokenizer, method, train, args.steps, args.batch,
-                                        lr, args.threads))
+            ours.append(
+                bench_ftscale(
+                    model, tokenizer, method, train, dev, args.steps, args.batch, lr, args.threads
+                )
+            )
+            full.append(
+                bench_ftscale(
+                    model,
+                    tokenizer,
+                    method,
+                    train,
+                    dev,
+                    args.steps,
+                    args.batch,
+                    lr,
+                    args.threads,
+                    fast_head=False,
+                )
+            )
+            theirs.append(
+                bench_trainer(
+                    model, tokenizer, method, train, args.steps, args.batch, lr, args.threads
+                )
+            )
         best_ours = max(ours, key=lambda r: r[0])
         best_theirs = max(theirs, key=lambda r: r[0])
         best_full = max(r[0] for r in full)
         rows.append((name, best_ours, best_theirs, best_full))
-        print(f"  {name}: ftscale {[round(r[0]) for r in ours]}, full-logit head "
-              f"{[round(r[0]) for r in full]}, Trainer {[round(r[0]) for r in theirs]} tokens/s",
-              flush=True)
+        print(
+            f"  {name}: ftscale {[round(r[0]) for r in ours]}, full-logit head "
+            f"{[round(r[0]) for r in full]}, Trainer {[round(r[0]) for r in theirs]} tokens/s",
+            flush=True,
+        )
     print(header)
     for name, (ours_tps, ours_pad, _), (their_tps, their_pad, _), full_tps in rows:
-        print(f"{name:8} {ours_tps:14.0f} {their_tps:14.0f} {ours_tps / their_tps:6.2f} "
-              f"{ours_pad:12.3f} {their_pad:12.3f} {full_tps:24.0f}")
-    print("ratio = ftscale / Trainer tokens/s (real tokens, padding excluded); pad = padded "
-          "positions / all positions; full-head = ftscale with fast_head=False (logits at "
-          "every position), to show what computing the head on target positions only buys.")
+        print(
+            f"{name:8} {ours_tps:14.0f} {their_tps:14.0f} {ours_tps / their_tps:6.2f} "
+            f"{ours_pad:12.3f} {their_pad:12.3f} {full_tps:24.0f}"
+        )
+    print(
+        "ratio = ftscale / Trainer tokens/s (real tokens, padding excluded); pad = padded "
+        "positions / all positions; full-head = ftscale with fast_head=False (logits at "
+        "every position), to show what computing the head on target positions only buys."
+    )
 
 
 if __name__ == "__main__":
