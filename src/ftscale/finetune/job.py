@@ -107,12 +107,15 @@ class EvalSet:
         rng = np.random.default_rng(seed)
         if self.is_file():
             pairs = read_pairs(self.spec, self.source_column, self.target_column)
+            if shots >= len(pairs):
+                raise UserError(
+                    f"eval set {self.name!r}: {shots} shots need more than the "
+                    f"{len(pairs)} pairs of {self.spec}"
+                )
             order = rng.permutation(len(pairs)).tolist()
-            scored = [pairs[i] for i in sorted(order[:examples])]
-            pool = [pairs[i] for i in sorted(order[examples:])]
-            if shots and len(pool) < shots:  # small file: demonstrations from its other pairs
-                pool = [pairs[i] for i in sorted(order[len(scored) - shots :])]
-                scored = [pairs[i] for i in sorted(order[: len(scored) - shots])]
+            count = min(examples, len(pairs) - shots)
+            scored = [pairs[i] for i in sorted(order[:count])]
+            pool = [pairs[i] for i in sorted(order[count:])]
         else:
             test = self._split("test")
             keep = sorted(rng.permutation(len(test))[:examples].tolist())
