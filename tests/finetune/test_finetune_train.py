@@ -473,3 +473,23 @@ def test_learning_rate_schedule_warms_up_then_decays_to_floor():
 def test_reverse_pairs_fixture_is_varied():
     rows = reverse_pairs(50, 0)
     assert len({len(p.source.split()) for p in rows}) > 2
+
+
+def test_activation_checkpointing_changes_memory_not_numbers(tok, base, pairs):
+    train, dev, test = pairs
+    runs = [
+        finetune(
+            model=base,
+            tokenizer=tok,
+            method=method,
+            train=train,
+            dev=dev,
+            test=test,
+            train_config=TrainConfig(max_steps=6, gen_examples=2, threads=1, checkpointing=flag),
+        ).comparable()
+        for method in ("lora", "fmt")
+        for flag in (False, True)
+    ]
+    for plain, checkpointed in (runs[:2], runs[2:]):
+        assert plain.pop("checkpointing") is False and checkpointed.pop("checkpointing") is True
+        assert plain == checkpointed

@@ -38,11 +38,7 @@ def target_nll(
     target = labels[:, 1:]
     mask = target != -100
     if fast:
-        out = model(
-            input_ids=input_ids, use_cache=False, output_hidden_states=True, logits_to_keep=1
-        )
-        hidden = out.hidden_states[-1]
-        del out
+        hidden = final_hidden_states(model, input_ids)
         offset = hidden.shape[1] - length
         selected = hidden[:, offset : offset + length - 1][mask]
         del hidden
@@ -64,6 +60,24 @@ def target_nll(
         logits = out.logits[:, offset : offset + length - 1][mask]
     nll = F.cross_entropy(logits.float(), target[mask], reduction="sum")
     return nll, int(mask.sum())
+
+
+def final_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The last layer's hidden states (after the final norm) for ``input_ids``.
+
+    For a plain model or a PEFT method that changes weights (LoRA, IA3, ...) the decoder is called
+    directly, so no other layer's states are kept; for prompt-learning methods (their virtual
+    tokens are added by the PEFT wrapper) the wrapper runs and returns every layer's states, of
+    which the last is taken.
+    """
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning:
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
+        if decoder is not None and decoder is not inner:
+            return decoder(input_ids=input_ids, use_cache=False).last_hidden_state
+    out = model(input_ids=input_ids, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states[-1]
 
 
 def fast_path_ok(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> bool:

@@ -31,7 +31,7 @@ from ftscale.finetune.tasks import TaskConfig
 #: Version of the spec's JSON layout; part of every key.
 JOB_FORMAT = 1
 #: Training settings that change how fast a run goes, never what it computes: left out of the key.
-RUNTIME_FIELDS = frozenset({"threads"})
+RUNTIME_FIELDS = frozenset({"threads", "checkpointing"})
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class RunRecord:
     optimizer: str = "adamw"
     batch_size: int = 0
     fast_head: bool = True
+    checkpointing: bool = False
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 1
