@@ -312,14 +312,13 @@ def _learning_rate(text: str | None) -> float | str | None:
 def _method(flags: dict[str, Any]):
     """The method config from --method, --option and the size flags (--rank for LoRA-like
     methods, --prompt-length for prompt-like ones), all resolved by the method registry."""
-    from ftscale.finetune.methods import make_method, with_size
+    from ftscale.finetune.methods import make_method, size_option
 
     options: dict[str, Any] = dict(_parse_option(text) for text in flags["option"] or [])
-    method = make_method(flags["method"], **options)
     for flag, value in (("rank", flags["rank"]), ("prompt-length", flags["prompt_length"])):
         if value is not None:
-            method = with_size(method, flag, value)
-    return method
+            options.update(size_option(flags["method"], flag, value))
+    return make_method(flags["method"], **options)
 
 
 def _quiet_library_logs() -> None:

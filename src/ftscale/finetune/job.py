@@ -308,11 +308,13 @@ class FinetuneJob:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> FinetuneJob:
-        """A copy with fields changed; ``train_config``/``task`` fields may be given by name."""
+        """A copy with fields changed; ``train_config``/``task`` fields may be given by name (a
+        name the job itself has, e.g. ``evals``, is the job's)."""
         from ftscale.finetune.train import TrainConfig
 
-        train_names = {f.name for f in dataclasses.fields(TrainConfig)}
-        task_names = {f.name for f in dataclasses.fields(TaskConfig)}
+        own_names = {f.name for f in dataclasses.fields(FinetuneJob)}
+        train_names = {f.name for f in dataclasses.fields(TrainConfig)} - own_names
+        task_names = {f.name for f in dataclasses.fields(TaskConfig)} - own_names
         own = {k: v for k, v in changes.items() if k not in train_names | task_names}
         train = {k: v for k, v in changes.items() if k in train_names}
         task = {k: v for k, v in changes.items() if k in task_names and k not in train_names}

@@ -184,17 +184,24 @@ def make_method(name: str, **options: Any) -> MethodConfig:
     return get_method(name).make(dict(options))
 
 
-def with_size(method: MethodConfig, flag: str, value: int) -> MethodConfig:
-    """``method`` with its size set through a CLI size flag (``rank`` or ``prompt-length``); a
-    one-line :class:`UserError` when the method has no size of that kind."""
-    entry = method.entry
+def size_option(name: str, flag: str, value: int) -> dict[str, int]:
+    """The option a CLI size flag (``rank`` or ``prompt-length``) sets for method ``name``:
+    ``{"rank": value}`` for lora, ``{"r": value}`` for loha, ``{"num_virtual_tokens": value}``
+    for prefix_tuning...; a one-line :class:`UserError` when the method has no size of that
+    kind."""
+    entry = get_method(name)
     if entry.size_flag != flag:
         kinds = sorted(m.name for m in METHODS.values() if m.size_flag == flag)
         raise UserError(
             f"--{flag} applies to methods with a {flag.replace('-', ' ')} "
-            f"({', '.join(kinds)}, ...), not {method.name!r}"
+            f"({', '.join(kinds)}, ...), not {name!r}"
         )
-    return make_method(method.name, **{**method.options, entry.size_option: value})
+    return {entry.size_option: value}
+
+
+def with_size(method: MethodConfig, flag: str, value: int) -> MethodConfig:
+    """``method`` with its size set through a CLI size flag (see :func:`size_option`)."""
+    return make_method(method.name, **{**method.options, **size_option(method.name, flag, value)})
 
 
 # -- validation helpers --------------------------------------------------------------------------
