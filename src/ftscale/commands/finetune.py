@@ -166,8 +166,10 @@ def finetune_command(
         typer.echo(json.dumps({"key": job.key, "job": job.to_dict()}, indent=1, sort_keys=True))
         return
     _quiet_library_logs()
+    from ftscale.finetune.memory import return_freed_memory
     from ftscale.finetune.progress import make_progress
 
+    return_freed_memory()
     record = run_job(job, progress=make_progress(quiet))
     if not quiet:
         _warn(record)

@@ -170,7 +170,9 @@ def known_methods() -> list[str]:
 def method_help() -> str:
     """One line naming the registered methods and their aliases (the CLI's ``--method`` help)."""
     parts = [m.name + (f" ({', '.join(m.aliases)})" if m.aliases else "") for m in METHODS.values()]
-    return ", ".join(parts) + ", or any PEFT method by name (ia3, loha, lokr, adalora, vera, ...)"
+    peft = [f"{target} ({alias})" for alias, target in ALIASES.items() if target not in METHODS]
+    examples = ", ".join(["ia3", "loha", "lokr", "vera", *peft])
+    return ", ".join(parts) + f", or any PEFT method by name ({examples}, ...)"
 
 
 def make_method(name: str, **options: Any) -> MethodConfig:
