@@ -493,3 +493,58 @@ def test_activation_checkpointing_changes_memory_not_numbers(tok, base, pairs):
     for plain, checkpointed in (runs[:2], runs[2:]):
         assert plain.pop("checkpointing") is False and checkpointed.pop("checkpointing") is True
         assert plain == checkpointed
+
+
+@pytest.mark.parametrize("where", ["training", "generating", "eval set"])
+def test_out_of_memory_anywhere_becomes_a_failed_record(tok, base, pairs, monkeypatch, where):
+    """Fault injection: torch's own out-of-memory error raised inside one step of the run."""
+    import ftscale.finetune.train as train_module
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CPU out of memory (injected)")
+
+    train, dev, test = pairs
+    evals = ()
+    if where == "training":
+        calls = {"n": 0}
+        real = train_module.target_nll
+
+        def fail_on_third(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                out_of_memory()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, "target_nll", fail_on_third)
+    elif where == "generating":
+        monkeypatch.setattr(train_module, "greedy_generate", out_of_memory)
+    else:
+        from ftscale.finetune.train import EvalData
+
+        evals = [EvalData("extra", dev[:4])]
+        real_score = train_module._score_eval
+        monkeypatch.setattr(
+            train_module,
+            "_score_eval",
+            lambda run, data: out_of_memory() if run.record.steps else real_score(run, data),
+        )
+    config = TrainConfig(max_steps=6, eval_every=3, gen_examples=2, threads=1, patience=None)
+    record = finetune(
+        model=base,
+        tokenizer=tok,
+        method="lora",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+        evals=evals,
+    )
+    assert record.status == "failed" and record.reason.startswith("out of memory while")
+    assert record.improved is None and record.undertrained is None
+    if where == "training":
+        assert (record.steps, record.failed_step) == (2, 3)
+        assert record.test_nll is None
+    else:
+        assert record.steps == record.failed_step == 6 and record.test_nll is not None
+    assert record.epochs == pytest.approx(record.steps / math.ceil(len(train) / 16))
+    assert json.loads(record.to_json())["status"] == "failed"
