@@ -3,7 +3,7 @@
 One run measures, for each method (fmt, lora, prompt), training tokens per second (real, non-pad
 tokens: prompt plus target) of
 
-- ftscale: :func:`ftscale.finetune.run_finetune` (length-grouped batches padded to their own
+- ftscale: :func:`ftscale.finetune.finetune` (length-grouped batches padded to their own
   longest sequence, no attention mask, output head on target positions only), its training time
   only (dev checks excluded);
 - Trainer: ``transformers.Trainer`` with default settings on the same model, method, examples,

@@ -7,8 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import write_jsonl
-from finetune_toy import copy_pairs, make_model, reverse_pairs
+from finetune_toy import copy_pairs, make_model, reverse_pairs, write_jsonl
 from typer.testing import CliRunner
 
 from ftscale.cli import app
