@@ -14,7 +14,7 @@ import ctypes.util
 import sys
 
 #: Bytes from which allocations get their own mapping (glibc ``M_MMAP_THRESHOLD``).
-MMAP_THRESHOLD = 4 << 20
+MMAP_THRESHOLD = 1 << 20
 _M_MMAP_THRESHOLD = -3
 
 
