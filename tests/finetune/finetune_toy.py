@@ -78,3 +78,13 @@ def reverse_pairs(n: int, seed: int, min_len: int = 2, max_len: int = 6) -> list
 def copy_pairs(n: int, seed: int) -> list[Pair]:
     """``n`` pairs whose target repeats the source."""
     return [Pair(p.source, p.source) for p in reverse_pairs(n, seed)]
+
+
+def write_jsonl(path, rows):
+    """Write (source, target) pairs as a JSONL file; returns the path."""
+    import json
+
+    path.write_text(
+        "".join(json.dumps({"source": p.source, "target": p.target}) + "\n" for p in rows)
+    )
+    return path

@@ -154,8 +154,11 @@ def _bad_dirs(tmp_path: Path) -> dict[str, Path]:
     [
         ({"--method": "nosuch"}, "unknown finetuning method 'nosuch'"),
         ({"--method": "lora", "--option": "ranke=3"}, "unknown option 'ranke'"),
-        ({"--method": "fmt", "--rank": "4"}, "--rank applies to --method lora"),
-        ({"--method": "prompt", "--prompt-length": "0"}, "prompt_length must be a positive"),
+        ({"--method": "fmt", "--rank": "4"}, "--rank applies to methods with a rank"),
+        (
+            {"--method": "prompt", "--prompt-length": "0"},
+            "'--prompt-length': Input should be greater",
+        ),
         ({"--method": "fmt", "--examples": "5000"}, "larger than"),
         ({"--method": "fmt", "--train": "empty"}, "empty"),
         ({"--method": "fmt", "--dev": "missing.jsonl"}, "no such file"),

@@ -117,7 +117,24 @@ def test_gguf_model_loads_exactly_and_full_model_tuning_trains(tmp_path):
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
 
     config = TrainConfig(max_steps=30, gen_examples=4, threads=1)
-    record = finetune(str(tmp_path), None, "fmt", train, dev, test, config, gguf_file="tiny.gguf")
+    record = finetune(
+        model=str(tmp_path),
+        tokenizer=None,
+        method="fmt",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+        gguf_file="tiny.gguf",
+    )
     assert record.status == "ok" and record.best_dev_nll < record.initial_dev_nll - 0.1
-    lora = finetune(str(tmp_path / "tiny.gguf"), None, "lora", train, dev, test, config)
+    lora = finetune(
+        model=str(tmp_path / "tiny.gguf"),
+        tokenizer=None,
+        method="lora",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+    )
     assert lora.status == "ok" and lora.best_dev_nll < lora.initial_dev_nll

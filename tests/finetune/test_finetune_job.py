@@ -111,7 +111,15 @@ def test_lr_auto_searches_on_dev_and_records_the_search(base, tok, pairs):
 
     train, dev, test = pairs
     config = TrainConfig(examples=60, max_steps=12, learning_rate="auto", gen_examples=0)
-    record = finetune(base, tok, make_method("lora", rank=2), train, dev, test, config)
+    record = finetune(
+        model=base,
+        tokenizer=tok,
+        method=make_method("lora", rank=2),
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+    )
     search = record.lr_search
     assert search["grid"] == list(search_grid("lora")) and len(search["dev_nll"]) == 5
     assert record.learning_rate == search["chosen"] in search["grid"]

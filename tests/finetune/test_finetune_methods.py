@@ -7,7 +7,7 @@ import torch
 from finetune_toy import make_model
 
 from ftscale.errors import UserError
-from ftscale.finetune import TrainConfig, apply_method, make_method, run_finetune
+from ftscale.finetune import TrainConfig, apply_method, finetune, make_method
 from ftscale.finetune.methods import base_parameter_counts, count_parameters, known_methods
 
 QUICK = TrainConfig(max_steps=15, gen_examples=0, threads=1, batch_size=8)
@@ -103,7 +103,16 @@ def test_prompt_init_uses_sampled_vocabulary_embeddings(tok, base):
 def test_pet_leaves_base_weights_bit_identical(tok, base, pairs, method):
     train, dev, test = pairs
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    result = run_finetune(base, tok, method, train, dev, test, QUICK)
+    result = finetune(
+        model=base,
+        tokenizer=tok,
+        method=method,
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=QUICK,
+        return_model=True,
+    )
     assert result.record.status == "ok"
     trained = result.model
     if method.name == "lora":
@@ -124,7 +133,16 @@ def test_pet_leaves_base_weights_bit_identical(tok, base, pairs, method):
 def test_fmt_changes_weights_but_not_the_callers_model(tok, base, pairs):
     train, dev, test = pairs
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    result = run_finetune(base, tok, "fmt", train, dev, test, QUICK)
+    result = finetune(
+        model=base,
+        tokenizer=tok,
+        method="fmt",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=QUICK,
+        return_model=True,
+    )
     changed = [n for n, t in result.model.state_dict().items() if not torch.equal(t, before[n])]
     assert changed
     assert all(torch.equal(t, before[n]) for n, t in base.state_dict().items())

@@ -25,7 +25,6 @@ from ftscale.finetune import (
     make_method,
     mean_nll,
     nested_subset,
-    run_finetune,
     score_generations,
 )
 from ftscale.finetune.tasks import collate, length_grouped_batches
@@ -45,7 +44,15 @@ from ftscale.finetune.train import learning_rate_at
 def test_each_method_lowers_dev_loss(tok, base, pairs, method, lr, margin):
     train, dev, test = pairs
     config = TrainConfig(max_steps=80, learning_rate=lr, gen_examples=8, threads=1, patience=None)
-    record = finetune(base, tok, method, train, dev, test, config)
+    record = finetune(
+        model=base,
+        tokenizer=tok,
+        method=method,
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+    )
     assert record.status == "ok", record.reason
     assert record.best_dev_nll < record.initial_dev_nll - margin
     assert record.test_nll < record.initial_dev_nll  # the test split gains too
@@ -57,7 +64,15 @@ def test_each_method_lowers_dev_loss(tok, base, pairs, method, lr, margin):
 def test_adafactor_trains(tok, base, pairs):
     train, dev, test = pairs
     config = TrainConfig(max_steps=40, optimizer="adafactor", gen_examples=0, threads=1)
-    record = finetune(base, tok, "fmt", train, dev, test, config)
+    record = finetune(
+        model=base,
+        tokenizer=tok,
+        method="fmt",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+    )
     assert record.optimizer == "adafactor"
     assert record.best_dev_nll < record.initial_dev_nll - 0.1
 
@@ -75,7 +90,16 @@ def test_best_dev_state_is_what_gets_evaluated(tok, base, pairs):
         gen_examples=0,
         threads=1,
     )
-    result = run_finetune(base, tok, "fmt", train, dev, dev, config)  # test split = dev split
+    result = finetune(
+        model=base,
+        tokenizer=tok,
+        method="fmt",
+        train=train,
+        dev=dev,
+        test=dev,
+        train_config=config,
+        return_model=True,
+    )  # test split = dev split
     record = result.record
     history = dict((int(s), v) for s, v in record.dev_history)
     assert 0 < record.best_step < 60
@@ -99,7 +123,15 @@ def test_early_stopping_stops_when_dev_stalls(tok, base, pairs):
         gen_examples=0,
         threads=1,
     )
-    record = finetune(base, tok, "fmt", train, dev, test, config)
+    record = finetune(
+        model=base,
+        tokenizer=tok,
+        method="fmt",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+    )
     assert record.stopped_early and record.steps < 200
     assert record.steps == record.best_step + 2 * 5
 
@@ -168,7 +200,15 @@ def test_forced_nan_weight_gives_failed_record(tok, base, pairs):
     broken = copy.deepcopy(base)
     with torch.no_grad():
         broken.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
-    record = finetune(broken, tok, "lora", train, dev, test, TrainConfig(max_steps=5, threads=1))
+    record = finetune(
+        model=broken,
+        tokenizer=tok,
+        method="lora",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=TrainConfig(max_steps=5, threads=1),
+    )
     assert record.status == "failed" and record.failed_step == 0
     assert "non-finite" in record.reason
     data = json.loads(record.to_json())
@@ -185,7 +225,15 @@ def test_diverging_loss_gives_failed_record_with_step(tok, base, pairs):
         warmup_fraction=0.0,
         threads=1,
     )
-    record = finetune(base, tok, "fmt", train, dev, test, config)
+    record = finetune(
+        model=base,
+        tokenizer=tok,
+        method="fmt",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+    )
     assert record.status == "failed"
     assert record.reason.startswith("non-finite training loss")
     assert 1 < record.failed_step <= 30 and f"step {record.failed_step}" in record.reason
@@ -196,19 +244,35 @@ def test_same_seed_same_record(tok, base, pairs):
     train, dev, test = pairs
     method = make_method("lora", rank=2, dropout=0.1)  # dropout exercises the seeded RNG
     config = TrainConfig(examples=120, max_steps=25, gen_examples=6, threads=1, seed=7)
-    first = finetune(base, tok, method, train, dev, test, config)
+    first = finetune(
+        model=base,
+        tokenizer=tok,
+        method=method,
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+    )
     torch.manual_seed(12345)  # global RNG state must not matter
-    second = finetune(base, tok, method, train, dev, test, config)
+    second = finetune(
+        model=base,
+        tokenizer=tok,
+        method=method,
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+    )
     assert first.comparable() == second.comparable()
     assert first.to_json().count("\n") == 0
     other = finetune(
-        base,
-        tok,
-        method,
-        train,
-        dev,
-        test,
-        TrainConfig(examples=120, max_steps=25, gen_examples=6, threads=1, seed=8),
+        model=base,
+        tokenizer=tok,
+        method=method,
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=TrainConfig(examples=120, max_steps=25, gen_examples=6, threads=1, seed=8),
     )
     assert other.comparable() != first.comparable()
 
@@ -216,13 +280,15 @@ def test_same_seed_same_record(tok, base, pairs):
 def test_record_carries_the_contract_fields(tok, base, pairs):
     train, dev, test = pairs
     record = finetune(
-        base,
-        tok,
-        make_method("prompt", prompt_length=4),
-        train,
-        dev,
-        test,
-        TrainConfig(examples=64, subset_seed=2, max_steps=8, gen_examples=4, threads=1),
+        model=base,
+        tokenizer=tok,
+        method=make_method("prompt", prompt_length=4),
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=TrainConfig(
+            examples=64, subset_seed=2, max_steps=8, gen_examples=4, threads=1
+        ),
     )
     data = json.loads(record.to_json())
     for key in CONTRACT:
@@ -245,12 +311,36 @@ def test_record_carries_the_contract_fields(tok, base, pairs):
 def test_dev_sample_is_fixed_and_test_split_whole(tok, base, pairs):
     train, dev, test = pairs
     config = TrainConfig(max_steps=6, dev_examples=10, gen_examples=0, threads=1)
-    first = finetune(base, tok, "lora", train, dev, test, config)
+    first = finetune(
+        model=base,
+        tokenizer=tok,
+        method="lora",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+    )
     assert first.dev_examples == 10 and first.test_examples == len(test)
     other_seed = TrainConfig(max_steps=6, dev_examples=10, gen_examples=0, threads=1, seed=5)
-    second = finetune(base, tok, "fmt", train, dev, test, other_seed)
+    second = finetune(
+        model=base,
+        tokenizer=tok,
+        method="fmt",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=other_seed,
+    )
     assert second.initial_dev_nll == first.initial_dev_nll  # same sample, same untrained model
-    whole = finetune(base, tok, "fmt", train, dev, test, TrainConfig(max_steps=6, gen_examples=0))
+    whole = finetune(
+        model=base,
+        tokenizer=tok,
+        method="fmt",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=TrainConfig(max_steps=6, gen_examples=0),
+    )
     assert whole.dev_examples == len(dev) and whole.initial_dev_nll != first.initial_dev_nll
 
 
@@ -259,13 +349,13 @@ def test_tokenizer_without_pad_token(pairs):
     assert tok.pad_token_id is None
     train, dev, test = pairs
     record = finetune(
-        make_model(tok),
-        tok,
-        "lora",
-        train,
-        dev,
-        test,
-        TrainConfig(max_steps=10, gen_examples=4, threads=1),
+        model=make_model(tok),
+        tokenizer=tok,
+        method="lora",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=TrainConfig(max_steps=10, gen_examples=4, threads=1),
     )
     assert record.status == "ok" and record.best_dev_nll <= record.initial_dev_nll
 
@@ -273,13 +363,21 @@ def test_tokenizer_without_pad_token(pairs):
 def test_bad_data_raises_one_line_user_errors(tok, base, pairs):
     train, dev, test = pairs
     with pytest.raises(UserError, match="train: no examples"):
-        finetune(base, tok, "fmt", [], dev, test)
+        finetune(model=base, tokenizer=tok, method="fmt", train=[], dev=dev, test=test)
     with pytest.raises(UserError, match="larger than the training data"):
-        finetune(base, tok, "fmt", train, dev, test, TrainConfig(examples=10_000))
+        finetune(
+            model=base,
+            tokenizer=tok,
+            method="fmt",
+            train=train,
+            dev=dev,
+            test=test,
+            train_config=TrainConfig(examples=10_000),
+        )
     with pytest.raises(UserError, match="unknown finetuning method"):
-        finetune(base, tok, "nosuch", train, dev, test)
+        finetune(model=base, tokenizer=tok, method="nosuch", train=train, dev=dev, test=test)
     with pytest.raises(UserError, match="needs its tokenizer"):
-        finetune(base, None, "fmt", train, dev, test)
+        finetune(model=base, tokenizer=None, method="fmt", train=train, dev=dev, test=test)
     with pytest.raises(UserError, match="template"):
         TaskConfig(template="no source here")
     with pytest.raises(UserError, match="optimizer"):
@@ -375,3 +473,78 @@ def test_learning_rate_schedule_warms_up_then_decays_to_floor():
 def test_reverse_pairs_fixture_is_varied():
     rows = reverse_pairs(50, 0)
     assert len({len(p.source.split()) for p in rows}) > 2
+
+
+def test_activation_checkpointing_changes_memory_not_numbers(tok, base, pairs):
+    train, dev, test = pairs
+    runs = [
+        finetune(
+            model=base,
+            tokenizer=tok,
+            method=method,
+            train=train,
+            dev=dev,
+            test=test,
+            train_config=TrainConfig(max_steps=6, gen_examples=2, threads=1, checkpointing=flag),
+        ).comparable()
+        for method in ("lora", "fmt")
+        for flag in (False, True)
+    ]
+    for plain, checkpointed in (runs[:2], runs[2:]):
+        assert plain.pop("checkpointing") is False and checkpointed.pop("checkpointing") is True
+        assert plain == checkpointed
+
+
+@pytest.mark.parametrize("where", ["training", "generating", "eval set"])
+def test_out_of_memory_anywhere_becomes_a_failed_record(tok, base, pairs, monkeypatch, where):
+    """Fault injection: torch's own out-of-memory error raised inside one step of the run."""
+    import ftscale.finetune.train as train_module
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CPU out of memory (injected)")
+
+    train, dev, test = pairs
+    evals = ()
+    if where == "training":
+        calls = {"n": 0}
+        real = train_module.target_nll
+
+        def fail_on_third(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                out_of_memory()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, "target_nll", fail_on_third)
+    elif where == "generating":
+        monkeypatch.setattr(train_module, "greedy_generate", out_of_memory)
+    else:
+        from ftscale.finetune.train import EvalData
+
+        evals = [EvalData("extra", dev[:4])]
+        real_score = train_module._score_eval
+        monkeypatch.setattr(
+            train_module,
+            "_score_eval",
+            lambda run, data: out_of_memory() if run.record.steps else real_score(run, data),
+        )
+    config = TrainConfig(max_steps=6, eval_every=3, gen_examples=2, threads=1, patience=None)
+    record = finetune(
+        model=base,
+        tokenizer=tok,
+        method="lora",
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=config,
+        evals=evals,
+    )
+    assert record.status == "failed" and record.reason.startswith("out of memory while")
+    assert record.improved is None and record.undertrained is None
+    if where == "training":
+        assert (record.steps, record.failed_step) == (2, 3)
+        assert record.test_nll is None
+    else:
+        assert record.steps == record.failed_step == 6 and record.test_nll is not None
+    assert record.epochs == pytest.approx(record.steps / math.ceil(len(train) / 16))
+    assert json.loads(record.to_json())["status"] == "failed"

@@ -31,7 +31,7 @@ from ftscale.finetune.tasks import TaskConfig
 #: Version of the spec's JSON layout; part of every key.
 JOB_FORMAT = 1
 #: Training settings that change how fast a run goes, never what it computes: left out of the key.
-RUNTIME_FIELDS = frozenset({"threads"})
+RUNTIME_FIELDS = frozenset({"threads", "checkpointing"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,90 @@ class DataSource:
         return out
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """An extra evaluation set for the study's zero-shot/few-shot axis (``--eval NAME=SOURCE``).
+
+    ``spec`` is a task spec or a file. A task (``builtin:fr-de``, ``hf:NAME``) is scored on its
+    test split, and few-shot demonstrations come from its train split, or its dev split when it
+    has no train split (``builtin:fr-de`` has dev and test only). A file is read whole: the scored
+    examples are a seeded sample and the demonstrations come from the rest of the file.
+    """
+
+    name: str
+    spec: str
+    source_column: str = "source"
+    target_column: str = "target"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not isinstance(self.spec, str):
+            raise UserError(f"eval set {self.name!r}={self.spec!r}: expected NAME=SOURCE")
+        if not str(self.name).strip() or not str(self.spec).strip():
+            raise UserError(f"eval set {self.name!r}={self.spec!r}: expected NAME=SOURCE")
+
+    def is_file(self) -> bool:
+        """Whether ``spec`` is a plain data file (read whole) rather than a task with splits."""
+        return not self.spec.startswith(("builtin:", "hf:"))
+
+    def load(self, examples: int, shots: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+        """``(scored pairs, demonstrations)``: at most ``examples`` scored pairs (a seeded sample
+        fixed by ``seed``) and ``shots`` demonstrations (seeded), none of them scored."""
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        if self.is_file():
+            pairs = read_pairs(self.spec, self.source_column, self.target_column)
+            if shots >= len(pairs):
+                raise UserError(
+                    f"eval set {self.name!r}: {shots} shots need more than the "
+                    f"{len(pairs)} pairs of {self.spec}"
+                )
+            order = rng.permutation(len(pairs)).tolist()
+            count = min(examples, len(pairs) - shots)
+            scored = [pairs[i] for i in sorted(order[:count])]
+            pool = [pairs[i] for i in sorted(order[count:])]
+        else:
+            test = self._split("test")
+            keep = sorted(rng.permutation(len(test))[:examples].tolist())
+            scored = [test[i] for i in keep]
+            pool = self._split("train", "dev") if shots else []
+        if not scored:
+            raise UserError(f"eval set {self.name!r}: {self.spec} has no pairs left to score")
+        if shots > len(pool):
+            raise UserError(
+                f"eval set {self.name!r}: {shots} shots but only {len(pool)} demonstration pairs"
+            )
+        demos = [pool[i] for i in sorted(rng.permutation(len(pool))[:shots].tolist())]
+        return scored, demos
+
+    def _split(self, *names: str) -> list[Pair]:
+        from ftscale.data.tasks import load_task
+
+        last: UserError | None = None
+        for split in names:
+            try:
+                return load_task(
+                    self.spec, split, source=self.source_column, target=self.target_column
+                )
+            except UserError as exc:
+                last = exc
+        raise UserError(f"eval set {self.name!r}: {first_line(last)}")
+
+    def identity(self) -> dict[str, Any]:
+        """What names this set in a key (a local file by its content digest)."""
+        out = dataclasses.asdict(self)
+        out["spec"] = DataSource(self.spec).identity()["spec"]
+        return out
+
+    @classmethod
+    def parse(cls, text: str, **columns: str) -> EvalSet:
+        """``NAME=SOURCE`` (the ``--eval`` option)."""
+        name, sep, spec = str(text).partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise UserError(f"--eval {text!r}: expected NAME=SOURCE, e.g. fr-de=builtin:fr-de")
+        return cls(name.strip(), spec.strip(), **columns)
+
+
 @functools.lru_cache(maxsize=256)
 def _file_digest(path: str, mtime_ns: int) -> str:
     """SHA-256 of a file's bytes (cached per path and modification time)."""
@@ -104,6 +188,8 @@ class FinetuneJob:
     gguf_file: str | None = None
     task: TaskConfig = field(default_factory=TaskConfig)
     train_config: Any = None  # TrainConfig; Any keeps this module free of train.py at import
+    evals: tuple[EvalSet, ...] = ()
+    shots: int = 0
 
     def __post_init__(self) -> None:
         from ftscale.finetune.train import TrainConfig
@@ -116,6 +202,14 @@ class FinetuneJob:
             raise UserError(f"method must be a MethodConfig, got {self.method!r}")
         if not str(self.model).strip():
             raise UserError("model: empty")
+        object.__setattr__(self, "evals", tuple(self.evals))
+        if any(not isinstance(e, EvalSet) for e in self.evals):
+            raise UserError("evals must be EvalSet values")
+        names = [e.name for e in self.evals]
+        if len(set(names)) != len(names):
+            raise UserError(f"eval set names must differ (got {', '.join(names)})")
+        if isinstance(self.shots, bool) or not isinstance(self.shots, int) or self.shots < 0:
+            raise UserError(f"shots must be an integer >= 0, got {self.shots!r}")
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +225,8 @@ class FinetuneJob:
             "test": dataclasses.asdict(self.test),
             "task": dataclasses.asdict(self.task),
             "train_config": dataclasses.asdict(self.train_config),
+            "evals": [dataclasses.asdict(e) for e in self.evals],
+            "shots": self.shots,
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -148,6 +244,7 @@ class FinetuneJob:
         if data.get("format", JOB_FORMAT) != JOB_FORMAT:
             raise UserError(f"{origin}: job format {data.get('format')!r} (this ftscale reads 1)")
         known = {"format", "model", "revision", "gguf_file", "method", "train", "dev", "test"}
+        known |= {"evals", "shots"}
         unknown = sorted(set(data) - known - {"task", "train_config"})
         if unknown:
             raise UserError(f"{origin}: unknown field {unknown[0]!r}")
@@ -163,6 +260,8 @@ class FinetuneJob:
                 test=DataSource(**data["test"]),
                 task=TaskConfig(**data.get("task", {})),
                 train_config=TrainConfig(**data.get("train_config", {})),
+                evals=tuple(EvalSet(**e) for e in data.get("evals", [])),
+                shots=data.get("shots", 0),
             )
         except UserError as exc:
             raise UserError(f"{origin}: {first_line(exc)}") from None
@@ -199,6 +298,9 @@ class FinetuneJob:
         data = self.to_dict()
         for name in ("train", "dev", "test"):
             data[name] = getattr(self, name).identity()
+        data["evals"] = [e.identity() for e in self.evals]
+        if not self.evals:  # settings that change nothing without eval sets stay out of the key
+            del data["evals"], data["shots"], data["train_config"]["eval_examples"]
         data["train_config"] = {
             k: v for k, v in data["train_config"].items() if k not in RUNTIME_FIELDS
         }
@@ -206,11 +308,13 @@ class FinetuneJob:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> FinetuneJob:
-        """A copy with fields changed; ``train_config``/``task`` fields may be given by name."""
+        """A copy with fields changed; ``train_config``/``task`` fields may be given by name (a
+        name the job itself has, e.g. ``evals``, is the job's)."""
         from ftscale.finetune.train import TrainConfig
 
-        train_names = {f.name for f in dataclasses.fields(TrainConfig)}
-        task_names = {f.name for f in dataclasses.fields(TaskConfig)}
+        own_names = {f.name for f in dataclasses.fields(FinetuneJob)}
+        train_names = {f.name for f in dataclasses.fields(TrainConfig)} - own_names
+        task_names = {f.name for f in dataclasses.fields(TaskConfig)} - own_names
         own = {k: v for k, v in changes.items() if k not in train_names | task_names}
         train = {k: v for k, v in changes.items() if k in train_names}
         task = {k: v for k, v in changes.items() if k in task_names and k not in train_names}
@@ -226,12 +330,13 @@ def load_splits(job: FinetuneJob) -> tuple[list[Pair], list[Pair], list[Pair]]:
     return job.train.load(), job.dev.load(), job.test.load()
 
 
-def run_job(job: FinetuneJob):
+def run_job(job: FinetuneJob, progress: Any = None):
     """Run one job and return its :class:`~ftscale.finetune.record.RunRecord` (with ``key`` and
     ``job`` filled in). Bad input raises a one-line :class:`~ftscale.errors.UserError` before any
     training; a run that fails (NaN/inf loss, out of memory) returns a record with
-    ``status="failed"``."""
-    from ftscale.finetune.train import run_finetune
+    ``status="failed"``. ``progress`` receives training progress (see
+    :mod:`ftscale.finetune.progress`; ``None``: silent)."""
+    from ftscale.finetune.train import finetune
 
     train, dev, test = load_splits(job)
     examples = job.train_config.examples
@@ -240,19 +345,20 @@ def run_job(job: FinetuneJob):
             f"examples {examples} is larger than the training data {job.train.spec} "
             f"({len(train)} pairs)"
         )
-    result = run_finetune(
-        job.model,
-        None,
-        job.method,
-        train,
-        dev,
-        test,
-        job.train_config,
-        job.task,
+    record = finetune(
+        model=job.model,
+        method=job.method,
+        train=train,
+        dev=dev,
+        test=test,
+        train_config=job.train_config,
+        task=job.task,
         gguf_file=job.gguf_file,
         revision=job.revision,
+        evals=job.evals,
+        shots=job.shots,
+        progress=progress,
     )
-    record = result.record
     record.model = job.model + (f"/{job.gguf_file}" if job.gguf_file else "")
     record.revision = job.revision
     record.key = job.key

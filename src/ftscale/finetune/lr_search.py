@@ -21,7 +21,7 @@ from typing import Any
 
 #: Candidate peak learning rates per method (AdamW). Each spans about two decades below the
 #: tiny-ladder default, because pretrained models want smaller steps than freshly trained rungs.
-SEARCH_GRIDS: dict[str, tuple[float, ...]] = {
+SEARCH_GRIDS: dict[str, tuple[float, ...]] = {  # names as in the method registry
     "fmt": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
     "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
     "prompt": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
@@ -64,22 +64,23 @@ def search_steps(total_steps: int) -> int:
 
 
 def search_learning_rate(
-    model: Any, tokenizer: Any, method, subset, dev_pairs, config, task, **load
+    base: Any, tokenizer: Any, method, subset, dev_pairs, config, task, progress: Any = None
 ) -> LearningRateSearch:
     """Search the learning rate for one run (see the module docs).
 
-    ``subset`` is the run's training pairs (already the D_f subset), ``config`` its
-    :class:`~ftscale.finetune.train.TrainConfig` (``learning_rate = "auto"``), ``load`` the
-    model-loading keywords of :func:`~ftscale.finetune.train.run_finetune` (``gguf_file``,
-    ``revision``).
+    ``base`` is the loaded base model (loaded once per search: each candidate trains a copy, so
+    ``base`` is left as it was), ``subset`` the run's training pairs (already the D_f subset),
+    ``config`` its :class:`~ftscale.finetune.train.TrainConfig` (``learning_rate = "auto"``).
     """
-    from ftscale.finetune.train import run_finetune
+    import copy
+
+    from ftscale.finetune.train import RunInputs, run_loaded
 
     total = config.total_steps(len(subset))
     steps = search_steps(total)
     grid = search_grid(method.name)
     scores: list[float | None] = []
-    base: float | None = None
+    base_nll: float | None = None
     for rate in grid:
         trial = dataclasses.replace(
             config,
@@ -90,15 +91,14 @@ def search_learning_rate(
             patience=None,
             gen_examples=0,
         )
-        record = run_finetune(
-            model, tokenizer, method, subset, dev_pairs, dev_pairs[:1], trial, task, **load
-        ).record
-        base = record.initial_dev_nll if base is None else base
+        inputs = RunInputs(method, subset, dev_pairs, dev_pairs[:1], trial, task)
+        record = run_loaded(copy.deepcopy(base), tokenizer, "", inputs, progress=progress).record
+        base_nll = record.initial_dev_nll if base_nll is None else base_nll
         ok = record.status == "ok" and record.best_dev_nll is not None
         scores.append(record.best_dev_nll if ok and math.isfinite(record.best_dev_nll) else None)
     finite = [(score, rate) for score, rate in zip(scores, grid, strict=True) if score is not None]
     best_score, chosen = min(finite) if finite else (None, grid[0])
-    improved = best_score is not None and base is not None and best_score < base
+    improved = best_score is not None and base_nll is not None and best_score < base_nll
     if not improved:
         chosen = grid[0]
-    return LearningRateSearch(tuple(grid), tuple(scores), steps, chosen, base, improved)
+    return LearningRateSearch(tuple(grid), tuple(scores), steps, chosen, base_nll, improved)

@@ -24,6 +24,13 @@ class RunRecord:
     and ``failed_step`` and ``None`` for the metrics it did not reach. ``dev_history`` is
     ``[[step, dev_nll], ...]``, step 0 being the model before training. ``peak_mem_mb`` is the
     GPU's peak allocation on a GPU, the process's peak resident memory on CPU.
+
+    ``improved`` says whether any dev check beat the model before training (``best_step > 0``),
+    ``undertrained`` whether the best check was the last step (the dev loss was still falling);
+    both ``None`` for a failed run. ``truncated_context`` counts examples cut to the model's
+    ``context_length`` (tokens). ``evals`` holds the extra eval sets: ``{name: {"shots": K,
+    "base": {...}, "finetuned": {...}}}`` with ``examples``, ``tokens``, ``nll``, ``ppl``,
+    ``truncated_context`` and, when generation is on, ``gen_bleu``, ``gen_chrf``, ``gen_rouge_l``.
     """
 
     method: str
@@ -53,6 +60,8 @@ class RunRecord:
     initial_dev_nll: float | None = None
     dev_history: list[list[float]] = field(default_factory=list)
     stopped_early: bool = False
+    improved: bool | None = None
+    undertrained: bool | None = None
     test_nll: float | None = None
     test_ppl: float | None = None
     test_tokens: int = 0
@@ -65,11 +74,15 @@ class RunRecord:
     test_examples: int = 0
     truncated_sources: int = 0
     truncated_targets: int = 0
+    truncated_context: int = 0
+    context_length: int | None = None
     learning_rate: float = 0.0
     lr_search: dict[str, Any] | None = None
+    evals: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "adamw"
     batch_size: int = 0
     fast_head: bool = True
+    checkpointing: bool = False
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 1

@@ -48,7 +48,14 @@ class TaskConfig:
     bleu_tokenize: str = "13a"
 
     def __post_init__(self) -> None:
-        names = {name for _, name, _, _ in string.Formatter().parse(self.template) if name}
+        try:
+            parsed = list(string.Formatter().parse(self.template))
+        except ValueError as exc:
+            raise UserError(f"template {self.template!r}: not a format string: {exc}") from None
+        names = {name for _, name, _, _ in parsed if name is not None}
+        if any(not name.isidentifier() for name in names):
+            bad = sorted(n for n in names if not n.isidentifier())[0]
+            raise UserError(f"template {self.template!r}: {{{bad}}} is not a field name")
         if "src" not in names:
             raise UserError(f"template {self.template!r}: must contain {{src}}")
         missing = sorted(names - {"src"} - set(self.fields))
@@ -58,6 +65,12 @@ class TaskConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
+        tokenizers = bleu_tokenizers()
+        if self.bleu_tokenize not in tokenizers:
+            raise UserError(
+                f"bleu_tokenize {self.bleu_tokenize!r} unknown (sacrebleu has: "
+                f"{', '.join(tokenizers)})"
+            )
 
     def __hash__(self) -> int:  # fields is a dict; hash it as sorted items
         values = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "fields"]
@@ -82,6 +95,7 @@ class Encoded:
     targets: list[str]
     truncated_sources: int = 0
     truncated_targets: int = 0
+    truncated_context: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -95,6 +109,24 @@ class Encoded:
     def target_tokens(self) -> int:
         """Number of tokens that carry loss (targets plus end tokens)."""
         return sum(len(x) - p for x, p in zip(self.ids, self.prompt_lengths, strict=True))
+
+
+def bleu_tokenizers() -> list[str]:
+    """sacrebleu's BLEU tokenizer names (``13a``, ``zh``, ``intl``, ...)."""
+    from sacrebleu.metrics.bleu import BLEU
+
+    return list(BLEU.TOKENIZERS)
+
+
+def check_pairs(pairs: Sequence[Pair], split: str) -> None:
+    """A one-line :class:`UserError` when ``pairs`` is empty or a pair has an empty (or
+    whitespace-only) source or target; rows are counted from 1 in the order given."""
+    if len(pairs) == 0:
+        raise UserError(f"{split}: no examples")
+    for row, pair in enumerate(pairs, start=1):
+        for side in ("source", "target"):
+            if not str(getattr(pair, side)).strip():
+                raise UserError(f"{split}: row {row} has an empty {side}")
 
 
 def special_ids(tokenizer) -> tuple[int | None, int | None, int]:
@@ -112,11 +144,18 @@ def special_ids(tokenizer) -> tuple[int | None, int | None, int]:
 
 
 def encode_pairs(
-    pairs: Sequence[Pair], tokenizer, task: TaskConfig, split: str = "data"
+    pairs: Sequence[Pair],
+    tokenizer,
+    task: TaskConfig,
+    split: str = "data",
+    context: int | None = None,
 ) -> Encoded:
     """Tokenise ``pairs`` with ``task``'s template and length caps.
 
-    Raises a one-line :class:`~ftscale.errors.UserError` when ``pairs`` is empty (``split`` names
+    ``context`` is the longest sequence (tokens) the model may see: an example longer than that
+    is cut to fit (the target's end first, keeping at least one target token, then the prompt's
+    start after the begin token) and counted in ``truncated_context``. Raises a one-line
+    :class:`~ftscale.errors.UserError` when ``pairs`` is empty (``split`` names
     it in the message) or an example's target is empty after tokenisation and has no end token.
     """
     if len(pairs) == 0:
@@ -146,10 +185,29 @@ def encode_pairs(
         if not target:
             raise UserError(f"{split}: example {index + 1} has an empty target")
         full_prompt = lead + list(prompt)
+        if context is not None and len(full_prompt) + len(target) > context:
+            encoded.truncated_context += 1
+            full_prompt, target = _fit_context(full_prompt, target, context, len(lead))
         encoded.prompt_ids.append(full_prompt)
         encoded.ids.append(full_prompt + target)
         encoded.prompt_lengths.append(len(full_prompt))
     return encoded
+
+
+def _fit_context(
+    prompt: list[int], target: list[int], context: int, lead: int
+) -> tuple[list[int], list[int]]:
+    """Cut ``prompt + target`` to ``context`` tokens: the target's end goes first (down to one
+    token), then prompt tokens after the ``lead`` begin tokens (the source's start; the prompt's
+    end, where a template puts its cue, is kept)."""
+    if context < 2:
+        raise UserError(f"context of {context} tokens cannot hold a prompt and a target")
+    room = max(1, context - len(prompt))
+    target = target[:room]
+    excess = len(prompt) + len(target) - context
+    if excess > 0:
+        prompt = prompt[:lead] + prompt[lead + excess :]
+    return prompt, target
 
 
 def _truncate_prompt(tokenizer, task: TaskConfig, source: str, cap: int) -> list[int]:

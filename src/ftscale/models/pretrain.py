@@ -19,6 +19,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ftscale.errors import UserError
+from ftscale.sizes import parameter_counts
 
 
 @dataclass
@@ -137,28 +138,9 @@ def llama_config(shape: Shape, vocab_size: int, seq_len: int, tokenizer=None) ->
 def count_params(model: torch.nn.Module) -> dict[str, int]:
     """Parameter counts of a causal LM: ``total`` (unique tensors, so tied embeddings count once),
     ``embedding`` (input embedding matrix, plus the output head when it is not tied, plus learned
-    position embeddings if any) and ``nonembedding`` (total minus embedding), in parameters."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    emb_ids: set[int] = set()
-    embedding = 0
-    modules = [model.get_input_embeddings()]
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if out is not None:
-        modules.append(out)
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Embedding) and "pos" in name.lower():
-            modules.append(mod)
-    for mod in modules:
-        w = getattr(mod, "weight", None)
-        if w is not None and id(w) not in emb_ids:
-            emb_ids.add(id(w))
-            embedding += w.numel()
-    return {"total": total, "embedding": embedding, "nonembedding": total - embedding}
+    position embeddings if any) and ``nonembedding`` (total minus embedding), in parameters.
+    One definition for ladders and run records: :func:`ftscale.sizes.parameter_counts`."""
+    return parameter_counts(model).to_dict()
 
 
 def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float) -> float:

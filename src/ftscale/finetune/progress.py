@@ -1,0 +1,109 @@
+"""Training progress on stderr: a live bar on a terminal, one plain line per dev check otherwise.
+
+The training loop calls a :class:`Progress` (``start``, ``step``, ``dev``, ``close``); the library
+default is silence (``None``). :func:`make_progress` picks the reporter for the command line: a
+`rich` live bar with the step, loss, dev NLL and ETA when stderr is a terminal, one plain line per
+dev check when it is not (logs, CI), nothing with ``--quiet``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Protocol, TextIO
+
+
+class Progress(Protocol):
+    """What the training loop reports. ``label`` names the run (e.g. ``lr 1e-3`` in a search)."""
+
+    def start(self, total_steps: int, label: str = "") -> None: ...
+
+    def step(self, step: int, loss: float) -> None: ...
+
+    def dev(self, step: int, dev_nll: float, best: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PlainProgress:
+    """One line per dev check: ``ftscale: step 40/200  loss 3.21  dev NLL 3.05 (best 3.05)``."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.total, self.label, self.loss, self.started = 0, "", float("nan"), 0.0
+
+    def start(self, total_steps: int, label: str = "") -> None:
+        self.total, self.label, self.started = total_steps, label, time.perf_counter()
+
+    def step(self, step: int, loss: float) -> None:
+        self.loss = loss
+
+    def dev(self, step: int, dev_nll: float, best: float) -> None:
+        label = f"{self.label}: " if self.label else ""
+        elapsed = time.perf_counter() - self.started
+        print(
+            f"ftscale: {label}step {step}/{self.total}  loss {self.loss:.4f}  dev NLL "
+            f"{dev_nll:.4f} (best {best:.4f})  {elapsed:.0f} s",
+            file=self.stream,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class LiveProgress:
+    """A rich live bar: step, loss, dev NLL (best) and ETA, on stderr."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  dev {task.fields[dev]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.task = None
+
+    def start(self, total_steps: int, label: str = "") -> None:
+        if self.task is None:
+            self.bar.start()
+        else:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(label or "training", total=total_steps, loss="-", dev="-")
+
+    def step(self, step: int, loss: float) -> None:
+        self.bar.update(self.task, completed=step, loss=f"{loss:.4f}")
+
+    def dev(self, step: int, dev_nll: float, best: float) -> None:
+        self.bar.update(self.task, completed=step, dev=f"{dev_nll:.4f} (best {best:.4f})")
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.bar.stop()
+            self.task = None
+
+
+def make_progress(quiet: bool = False, stream: TextIO | None = None) -> Progress | None:
+    """The command line's reporter: ``None`` when ``quiet``, a live bar when ``stream`` (default
+    stderr) is a terminal, plain lines otherwise."""
+    if quiet:
+        return None
+    stream = stream or sys.stderr
+    if stream.isatty():
+        return LiveProgress()
+    return PlainProgress(stream)
