@@ -84,6 +84,8 @@ SESSION_CHANGES = {
     "name": "teststudy",
     "sweeps": {"pretraining": {"methods": ["fmt"]}},
     "run": {"executor": "process"},
+    "task": {"shots": 1, "eval_examples": 8},
+    "evals": [{"name": "fr-de", "spec": "builtin:fr-de"}],
 }
 
 

@@ -55,6 +55,9 @@ def test_study_runs_end_to_end_and_writes_the_report(finished_study):
         f["status"] in ("reproduced", "not reproduced", "not testable") for f in fits["findings"]
     )
     assert fits["trends"]["model_size"]["pairs"] > 0
+    # The zero/few-shot axis: every run scored the extra eval set, base and finetuned.
+    scored = [g for g in fits["generalisation"] if "eval.fr-de.finetuned.nll" in g]
+    assert scored and all(np.isfinite(g["eval.fr-de.base.nll"]) for g in scored)
     html = (study_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
     summary = (study_dir / "summary.md").read_text()

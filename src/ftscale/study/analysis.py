@@ -129,10 +129,9 @@ def _flat_evals(evals: Any) -> dict[str, float]:
     else:
         return flat
     for name, value in items:
-        if isinstance(value, dict):
-            for metric, number in value.items():
-                if isinstance(number, int | float) and not isinstance(number, bool):
-                    flat[f"{name}.{metric}"] = float(number)
+        if isinstance(value, dict):  # e.g. {"shots": 0, "base": {"nll": ...}, "finetuned": {...}}
+            for metric, number in _flat_evals(value).items():
+                flat[f"{name}.{metric}"] = number
         elif isinstance(value, int | float) and not isinstance(value, bool):
             flat[str(name)] = float(value)
     return flat
@@ -607,12 +606,6 @@ def analyse(rows: Sequence[dict], config) -> dict:
     form = (
         "multiplicative" if "multiplicative" in config.analysis.forms else config.analysis.forms[0]
     )
-    if config.evals and not (len(frame) and frame["evals"].map(bool).any()):
-        names = ", ".join(e.name for e in config.evals)
-        notes.append(
-            f"extra eval sets ({names}) are declared but no run recorded eval scores: this "
-            "ftscale's run spec does not evaluate them yet; generalisation uses generation scores"
-        )
     critical = critical_sizes(fits, form, config.analysis.level)
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     return {

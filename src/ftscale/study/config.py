@@ -39,8 +39,10 @@ class _Strict(BaseModel):
 
 class TaskSection(_Strict):
     """The finetuning task: a task spec (``builtin:en-de``, a JSONL/CSV/Parquet file, ``hf:NAME``)
-    split into train/dev/test by :func:`ftscale.data.tasks.load_task`, the prompt template, and a
-    cap on test pairs (a fixed seeded sample, the same for every run; ``None`` = all)."""
+    split into train/dev/test by :func:`ftscale.data.tasks.load_task`, the prompt template, a
+    cap on test pairs (a fixed seeded sample, the same for every run; ``None`` = all), and for the
+    extra eval sets the demonstrations per prompt (``shots``, 0 = zero-shot) and the pairs scored
+    (``eval_examples``)."""
 
     spec: str = "builtin:en-de"
     source_column: str = "source"
@@ -50,15 +52,21 @@ class TaskSection(_Strict):
     max_source_tokens: PositiveInt = 256
     max_target_tokens: PositiveInt = 256
     test_examples: PositiveInt | None = None
+    shots: Annotated[int, Field(ge=0)] = 0
+    eval_examples: PositiveInt = 64
 
 
 class EvalSection(_Strict):
-    """An extra evaluation set (zero/few-shot generalisation), e.g. ``builtin:fr-de`` test."""
+    """An extra evaluation set (zero/few-shot generalisation), scored for the base model and for
+    every finetuned one (see :class:`ftscale.finetune.job.EvalSet`): a task such as
+    ``builtin:fr-de`` is scored on its test split, a file on a seeded sample of its rows. How
+    many pairs are scored and how many demonstrations precede each are ``[task] eval_examples``
+    and ``[task] shots``."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     spec: str
-    split: Literal["train", "dev", "test"] | None = "test"
-    examples: PositiveInt | None = None
+    source_column: str = "source"
+    target_column: str = "target"
 
 
 class ModelSizeSweep(_Strict):

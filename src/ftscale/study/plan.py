@@ -188,7 +188,7 @@ def materialise_data(study: Study, data_dir: Path) -> None:
 
 def make_plan(study: Study, study_dir: Path, cache: str | Path | None = None) -> Plan:
     """Every run of ``study`` (see the module docs); nothing is written."""
-    from ftscale.finetune.job import FinetuneJob
+    from ftscale.finetune.job import EvalSet, FinetuneJob
     from ftscale.finetune.methods import make_method
     from ftscale.finetune.tasks import TaskConfig
     from ftscale.finetune.train import TrainConfig
@@ -211,6 +211,9 @@ def make_plan(study: Study, study_dir: Path, cache: str | Path | None = None) ->
     smallest = config.sweeps.pretraining.rung or order[0]
 
     planned: dict[str, PlannedRun] = {}
+    evals = tuple(
+        EvalSet(e.name, e.spec, e.source_column, e.target_column) for e in config.evals
+    )
 
     def add(sweep: str, ckpt: Checkpoint, method: str, options: dict) -> None:
         method_config = make_method(method, **options)
@@ -226,6 +229,8 @@ def make_plan(study: Study, study_dir: Path, cache: str | Path | None = None) ->
                     test=test,
                     task=task,
                     train_config=train_config,
+                    evals=evals,
+                    shots=config.task.shots,
                 )
                 key = job.key
                 if key not in planned:
@@ -273,6 +278,7 @@ def _train_config(config, method: str, examples: int, subset_seed: int, TrainCon
         evals=t.evals,
         patience=t.patience,
         dev_examples=t.dev_examples,
+        eval_examples=config.task.eval_examples,
         gen_examples=t.gen_examples,
         max_new_tokens=t.max_new_tokens,
         device=t.device,

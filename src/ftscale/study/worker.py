@@ -16,8 +16,14 @@ from ftscale.common import first_line
 
 
 def set_threads(threads: int | None) -> None:
-    """Pin torch to ``threads`` CPU threads (None: leave as is) and quiet library progress bars."""
+    """Pin torch to ``threads`` CPU threads (None: leave as is), quiet library progress bars, and
+    apply the finetuning memory policy (:mod:`ftscale.finetune.memory`), as ``ftscale finetune``
+    does."""
     import os
+
+    from ftscale.finetune.memory import return_freed_memory
+
+    return_freed_memory()
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
