@@ -129,3 +129,21 @@ def test_lr_auto_searches_on_dev_and_records_the_search(base, tok, pairs):
         assert search["dev_nll"][search["grid"].index(search["chosen"])] == min(scored)
     else:
         assert search["chosen"] == search["grid"][0]
+
+
+def test_a_study_worker_searches_the_rate_of_a_saved_job(model_dir, data_files):
+    """The study's path for ``lr = "auto"``: one search per job spec, in a worker, as plain data."""
+    from ftscale.study.worker import search
+
+    tr, dv, te = data_files
+    job = FinetuneJob(
+        model=str(model_dir),
+        method=make_method("lora", rank=2),
+        train=DataSource(str(tr)),
+        dev=DataSource(str(dv)),
+        test=DataSource(str(te)),
+        train_config=TrainConfig(examples=40, max_steps=8, learning_rate="auto", threads=1),
+    )
+    out = search(job.to_json(), threads=1)
+    assert out["status"] == "ok", out["error"]
+    assert out["search"]["chosen"] in out["search"]["grid"] and out["search"]["steps"] >= 1

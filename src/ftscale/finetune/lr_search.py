@@ -64,21 +64,21 @@ def search_steps(total_steps: int) -> int:
 
 
 def search_learning_rate(
-    base: Any, tokenizer: Any, method, subset, dev_pairs, config, task, progress: Any = None
+    base: Any, tokenizer: Any, inputs: Any, progress: Any = None
 ) -> LearningRateSearch:
     """Search the learning rate for one run (see the module docs).
 
     ``base`` is the loaded base model (loaded once per search: each candidate trains a copy, so
-    ``base`` is left as it was), ``subset`` the run's training pairs (already the D_f subset),
-    ``config`` its :class:`~ftscale.finetune.train.TrainConfig` (``learning_rate = "auto"``).
+    ``base`` is left as it was); ``inputs`` the run's :class:`~ftscale.finetune.train.RunInputs`
+    (``train`` already the D_f subset, ``config.learning_rate = "auto"``).
     """
     import copy
 
-    from ftscale.finetune.train import RunInputs, run_loaded
+    from ftscale.finetune.train import run_loaded
 
-    total = config.total_steps(len(subset))
-    steps = search_steps(total)
-    grid = search_grid(method.name)
+    config = inputs.config
+    steps = search_steps(config.total_steps(len(inputs.train)))
+    grid = search_grid(inputs.method.name)
     scores: list[float | None] = []
     base_nll: float | None = None
     for rate in grid:
@@ -91,8 +91,8 @@ def search_learning_rate(
             patience=None,
             gen_examples=0,
         )
-        inputs = RunInputs(method, subset, dev_pairs, dev_pairs[:1], trial, task)
-        record = run_loaded(copy.deepcopy(base), tokenizer, "", inputs, progress=progress).record
+        short = dataclasses.replace(inputs, config=trial, test=inputs.dev[:1], evals=())
+        record = run_loaded(copy.deepcopy(base), tokenizer, "", short, progress=progress).record
         base_nll = record.initial_dev_nll if base_nll is None else base_nll
         ok = record.status == "ok" and record.best_dev_nll is not None
         scores.append(record.best_dev_nll if ok and math.isfinite(record.best_dev_nll) else None)
@@ -102,3 +102,18 @@ def search_learning_rate(
     if not improved:
         chosen = grid[0]
     return LearningRateSearch(tuple(grid), tuple(scores), steps, chosen, base_nll, improved)
+
+
+def search_job(job: Any, progress: Any = None) -> LearningRateSearch:
+    """The learning-rate search of a :class:`~ftscale.finetune.job.FinetuneJob` (its data, D_f
+    subset, model and settings), as the study runs it once per method and base model."""
+    from ftscale.finetune.job import load_splits
+    from ftscale.finetune.tasks import nested_subset
+    from ftscale.finetune.train import RunInputs, load_model
+
+    config = job.train_config
+    train, dev, test = load_splits(job)
+    subset = nested_subset(train, config.examples or len(train), config.subset_seed)
+    base, tokenizer, _ = load_model(job.model, None, job.gguf_file, job.revision, copy_model=False)
+    inputs = RunInputs(job.method, subset, dev, test, config, job.task)
+    return search_learning_rate(base, tokenizer, inputs, progress=progress)

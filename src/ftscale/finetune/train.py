@@ -419,7 +419,7 @@ def finetune(
             from ftscale.finetune.lr_search import search_learning_rate
 
             search = search_learning_rate(
-                base, tokenizer, method, subset, dev, config, task, progress=progress
+                base, tokenizer, RunInputs(method, subset, dev, test, config, task), progress
             )
             config = dataclasses.replace(config, learning_rate=search.chosen)
         inputs = RunInputs(method, subset, dev, test, config, task, eval_data)

@@ -67,28 +67,13 @@ def execute(spec_json: str, threads: int | None = None) -> dict[str, Any]:
 def search(spec_json: str, threads: int | None = None) -> dict[str, Any]:
     """The learning-rate search of one representative job (``learning_rate = "auto"``);
     ``{"status", "search", "error", "wall_s"}``."""
-    from ftscale.finetune.job import FinetuneJob, load_splits
-    from ftscale.finetune.lr_search import search_learning_rate
-    from ftscale.finetune.tasks import nested_subset
+    from ftscale.finetune.job import FinetuneJob
+    from ftscale.finetune.lr_search import search_job
 
     set_threads(threads)
     start = time.perf_counter()
     try:
-        job = FinetuneJob.from_json(spec_json)
-        config = job.train_config
-        train, dev, _ = load_splits(job)
-        subset = nested_subset(train, config.examples or len(train), config.subset_seed)
-        result = search_learning_rate(
-            job.model,
-            None,
-            job.method,
-            subset,
-            dev,
-            config,
-            job.task,
-            gguf_file=job.gguf_file,
-            revision=job.revision,
-        )
+        result = search_job(FinetuneJob.from_json(spec_json))
         out = {"status": "ok", "search": result.to_dict(), "error": None}
     except Exception as exc:
         out = {
