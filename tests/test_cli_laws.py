@@ -86,7 +86,7 @@ def test_fit_json_contract_on_the_pilot(tmp_path):
         errors = [abs(p["predicted"] - p["observed"]) for p in held]
         assert fit["delta_h"] == pytest.approx(sum(errors) / len(errors))
     by = {(f["group"], f["form"]): f for f in fits}
-    # The pilot's finding (CALIBRATION.md): at this scale the additive law predicts the held-out
+    # The calibration pilot's finding: at this scale the additive law predicts the held-out
     # largest model better for every method.
     for method in ("fmt", "lora", "prompt"):
         assert (
