@@ -64,9 +64,29 @@ class _Group(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+#: Seconds before a signal that landed inside a finalizer is raised again (see below).
+_RETRY_S = 0.05
+
+
 def _raise_interrupted(signum, frame) -> None:
-    """SIGTERM handler: unwind like Ctrl-C, so ``finally`` blocks and temporary clean-up run."""
+    """SIGTERM handler: unwind like Ctrl-C, so ``finally`` blocks and temporary clean-up run.
+
+    Python ignores an exception raised while a finalizer (``__del__``) runs, so a signal landing
+    there would be lost and the command would run on: the handler then re-arms itself through
+    SIGALRM a moment later, outside the finalizer."""
+    if _in_finalizer(frame):
+        signal.signal(signal.SIGALRM, lambda _s, f: _raise_interrupted(signum, f))
+        signal.setitimer(signal.ITIMER_REAL, _RETRY_S)
+        return
     raise Interrupted(exit_code=128 + signum)
+
+
+def _in_finalizer(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 app = typer.Typer(
