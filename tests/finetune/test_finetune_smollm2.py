@@ -31,16 +31,18 @@ def test_lora_on_smollm2_beats_the_base_model():
     from ftscale.finetune import TrainConfig, finetune, make_method
 
     train = load_task("builtin:en-de", "train")
-    dev = load_task("builtin:en-de", "dev")[:16]
-    test = load_task("builtin:en-de", "test")[:8]
+    dev = load_task("builtin:en-de", "dev")[:8]
+    test = load_task("builtin:en-de", "test")[:4]
+    # Four steps already cut dev NLL by ~0.5 nats (4.61 -> 4.13 measured); one thread, because
+    # two threads ran 3-5x slower whenever anything else shared the 2-core CI machine.
     config = TrainConfig(
-        examples=32,
+        examples=16,
         batch_size=8,
-        max_steps=8,
-        eval_every=4,
+        max_steps=4,
+        eval_every=2,
         learning_rate=1e-3,
         gen_examples=0,
-        threads=2,
+        threads=1,
     )
     record = finetune(
         model=str(path),
