@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from ftscale.common import first_line
 from ftscale.errors import UserError
@@ -21,10 +21,28 @@ from ftscale.laws.compare import CriticalPoint, FitResult
 _LINESTYLES = ("-", "--", ":", "-.")
 
 
-def _log_axis(axis) -> None:
-    """Log-axis labels at 1, 2 and 5 per decade only (all minor labels collide on short ranges)."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+#: Most labelled ticks :func:`log_ticks` puts at given values (more collide in a 4-inch panel).
+_MAX_VALUE_TICKS = 6
+
+
+def log_ticks(axis, values: Sequence[float] | None = None) -> None:
+    """Readable labels on a log axis: no minor labels (they collide on short ranges such as
+    250-1000, printing 2x10^2 3x10^2 ... on top of each other). With ``values`` (e.g. the D_f
+    actually run), major ticks sit at those values (at most six, evenly thinned) as plain
+    numbers; without, at 1, 2 and 5 per decade."""
     axis.set_minor_formatter(NullFormatter())
+    if values is None:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        return
+    ticks = sorted({float(v) for v in values})
+    step = -(-len(ticks) // _MAX_VALUE_TICKS)  # ceiling division
+    axis.set_major_locator(FixedLocator(ticks[::step]))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: _plain(v)))
+
+
+def _plain(value: float) -> str:
+    """A tick label without powers of ten: 250, 1,000, 64,000; 1.2e+06 from a million up."""
+    return f"{value:,.0f}" if abs(value) < 1e6 else f"{value:.3g}"
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -110,7 +128,7 @@ def _panel(ax, panel: Sequence[FitResult], forms: list[str]) -> None:
         notes += [f"(!) {result.form}: {w}" for w in result.warnings]
     ax.scatter([], [], facecolors="none", edgecolors="black", label="held out")
     ax.set_xscale("log")
-    _log_axis(ax.xaxis)
+    log_ticks(ax.xaxis)
     ax.set_xlabel(ref.variables["d"])
     # Below the panel: flat curves (prompt tuning) leave no empty corner inside it.
     legend = ax.legend(
@@ -170,7 +188,7 @@ def plot_critical(points: Sequence[CriticalPoint], path: str | Path, *, x_label:
     else:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        _log_axis(ax.xaxis)
+        log_ticks(ax.xaxis)
         ax.scatter([], [], facecolors="none", edgecolors="black", s=24, label="outside observed D")
         ax.legend(fontsize=7, frameon=False)
     ax.set_xlabel(x_label)
