@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from finetune_toy import make_model, make_tokenizer, reverse_pairs
+from finetune_toy import make_model, make_tokenizer, reverse_pairs, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -22,13 +20,6 @@ def base(tok):
 def pairs():
     """(train, dev, test) pairs of the reverse task."""
     return reverse_pairs(300, 1), reverse_pairs(48, 2), reverse_pairs(48, 3)
-
-
-def write_jsonl(path, rows):
-    path.write_text(
-        "".join(json.dumps({"source": p.source, "target": p.target}) + "\n" for p in rows)
-    )
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -142,9 +142,10 @@ def greedy_generate(
     model: torch.nn.Module,
     encoded: Encoded,
     indices: Sequence[int],
+    *,
+    tokenizer,
     pad_id: int,
     eos_id: int | None,
-    tokenizer,
     max_new_tokens: int = 64,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
@@ -158,51 +159,65 @@ def greedy_generate(
     tokens (the model's limit, so transformers never generates past it). Returned in the order of
     ``indices``.
     """
-    from transformers import GenerationConfig
-
     device = torch.device(device)
     was_training = model.training
     model.eval()
-
-    def settings(longest: int) -> GenerationConfig:
-        room = max_new_tokens if context is None else min(max_new_tokens, context - longest)
-        return GenerationConfig(
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=max(1, room),
-            pad_token_id=pad_id,
-            eos_token_id=eos_id,
-        )
-
     out_text: dict[int, str] = {}
     order = sorted(indices, key=lambda i: -len(encoded.prompt_ids[i]))
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            longest = max(len(encoded.prompt_ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), longest), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids = encoded.prompt_ids[index]
-                input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                attention[row, longest - len(ids) :] = 1
+            input_ids, attention = _left_padded(encoded, batch, pad_id)
+            longest = input_ids.shape[1]
+            room = max_new_tokens if context is None else min(max_new_tokens, context - longest)
             with _autocast(device, autocast_dtype):
                 output = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention.to(device),
-                    generation_config=settings(longest),
+                    generation_config=_greedy_settings(room, pad_id, eos_id),
                 )
             output = output.cpu()
             if output.shape[1] >= longest and torch.equal(output[:, :longest], input_ids):
                 output = output[:, longest:]
             for row, index in enumerate(batch):
-                ids = output[row].tolist()
-                if eos_id is not None and eos_id in ids:
-                    ids = ids[: ids.index(eos_id)]
-                out_text[index] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+                out_text[index] = _decoded(output[row].tolist(), eos_id, tokenizer)
     finally:
         model.train(was_training)
     return [out_text[i] for i in indices]
+
+
+def _left_padded(
+    encoded: Encoded, batch: Sequence[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's prompts left-padded to the longest: ``(input_ids, attention_mask)``."""
+    longest = max(len(encoded.prompt_ids[i]) for i in batch)
+    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, index in enumerate(batch):
+        ids = encoded.prompt_ids[index]
+        input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention[row, longest - len(ids) :] = 1
+    return input_ids, attention
+
+
+def _greedy_settings(room: int, pad_id: int, eos_id: int | None):
+    """Greedy decoding of up to ``room`` new tokens (at least one)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max(1, room),
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+    )
+
+
+def _decoded(ids: list[int], eos_id: int | None, tokenizer) -> str:
+    """Generated ids up to the end token, decoded and stripped."""
+    if eos_id is not None and eos_id in ids:
+        ids = ids[: ids.index(eos_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 _WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W_]+", re.UNICODE)

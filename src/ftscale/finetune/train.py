@@ -557,7 +557,15 @@ def prepare(base: torch.nn.Module, tokenizer: Any, name: str, inputs: RunInputs)
         autocast = torch.bfloat16
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    record = _new_record(inputs, name, total_params, nonembedding, encoded, device, autocast)
+    record = _new_record(
+        inputs,
+        encoded,
+        model_name=name,
+        total_params=total_params,
+        nonembedding=nonembedding,
+        device=device,
+        autocast=autocast,
+    )
     record.context_length = context
     base = base.to(device)
     checkpointing = config.checkpointing
@@ -583,7 +591,10 @@ def prepare(base: torch.nn.Module, tokenizer: Any, name: str, inputs: RunInputs)
     return run
 
 
-def _new_record(inputs, name, total_params, nonembedding, encoded, device, autocast) -> RunRecord:
+def _new_record(
+    inputs, encoded, *, model_name: str, total_params: int, nonembedding, device, autocast
+) -> RunRecord:
+    """The run's record before training: its design, data, recipe and environment."""
     config, method = inputs.config, inputs.method
     train, dev, test = encoded
     rate = (
@@ -599,7 +610,7 @@ def _new_record(inputs, name, total_params, nonembedding, encoded, device, autoc
         examples=len(train),
         subset_seed=config.subset_seed,
         seed=config.seed,
-        model=name,
+        model=model_name,
         max_steps=config.total_steps(len(train)),
         dev_examples=len(dev),
         test_examples=len(test),
@@ -781,13 +792,13 @@ def _generate_and_score(run: Run, encoded: Encoded, order: list[int]):
         run.model,
         encoded,
         order,
-        run.pad,
-        run.eos,
-        run.tokenizer,
-        run.config.max_new_tokens,
-        run.config.gen_batch_size,
-        run.device,
-        run.autocast,
+        tokenizer=run.tokenizer,
+        pad_id=run.pad,
+        eos_id=run.eos,
+        max_new_tokens=run.config.max_new_tokens,
+        batch_size=run.config.gen_batch_size,
+        device=run.device,
+        autocast_dtype=run.autocast,
         context=_limit(run),
     )
     references = [encoded.targets[i] for i in order]

@@ -329,7 +329,8 @@ def fit_table(
         fits = [_fit_one(form, part, numbers, x, d, y, space) for form in resolved]
         for fit in fits:
             fit.form_spec = specs.get(fit.form)
-        results.selections.append(_select(resolved, fits, part, columns, holdout, x, d, space))
+        axis = _selection_axis(holdout, x, d)
+        results.selections.append(_select(resolved, fits, part, columns, axis=axis, space=space))
         results.extend(fits)
     if n_bootstrap:
         _bootstrap(results, n_bootstrap, seed, progress)
@@ -416,9 +417,10 @@ def _fit_one(form: LawForm, part: _Group, numbers, x, d, y, space) -> FitResult:
     )
 
 
-def _select(forms, fits, part, columns, holdout, x, d, space) -> Selection:
-    """Score every form by nested extrapolation on this group's fitting runs (never held-out)."""
-    axis, direction, target = _selection_axis(holdout, x, d)
+def _select(forms, fits, part, columns, *, axis: tuple[str, str, float | None], space) -> Selection:
+    """Score every form by nested extrapolation on this group's fitting runs (never held-out);
+    ``axis`` is :func:`_selection_axis`'s (column, direction, target)."""
+    axis, direction, target = axis
     fit = ~part.held
     try:
         values = np.asarray(columns[axis])[part.rows][fit].astype(float)

@@ -90,6 +90,13 @@ def check_runs(
     shown = np.arange(1, losses.size + 1) if rows is None else np.asarray(rows)
     if sizes.shape[0] != losses.shape[0]:
         raise DataError(f"{sizes.shape[0]} sizes but {losses.shape[0]} losses")
+    _check_values(sizes, losses, labels, shown)
+    _check_fittable(form, sizes, losses, labels, n_free)
+    return sizes, losses
+
+
+def _check_values(sizes: np.ndarray, losses: np.ndarray, labels: list[str], shown) -> None:
+    """Every loss and size finite and positive (``shown``: the row number of each run)."""
     bad = ~np.isfinite(losses)
     if bad.any():
         raise DataError(
@@ -108,6 +115,12 @@ def check_runs(
             raise DataError(
                 f"size {label!r} must be positive, got {column[row]:g} at row {shown[row]}"
             )
+
+
+def _check_fittable(
+    form: LawForm, sizes: np.ndarray, losses: np.ndarray, labels: list[str], n_free: int | None
+) -> None:
+    """Enough points for the free parameters, two distinct values per size, a trend in losses."""
     n_params = len(form.params) if n_free is None else n_free
     if losses.shape[0] < n_params:
         raise DataError(
@@ -124,7 +137,6 @@ def check_runs(
         raise DataError(
             f"all {losses.size} losses are equal ({losses[0]:g}); there is no trend to fit"
         )
-    return sizes, losses
 
 
 # ------------------------------------------------------------------------------------------------

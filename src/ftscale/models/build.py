@@ -74,8 +74,8 @@ def _progress(enabled: bool) -> Progress:
 DATA_FILE = "_blocks.pt"  # token blocks shared with worker processes; removed after the build
 
 
-def _run_rung(out: Path, rung: RungConfig, recipe: PretrainRecipe, tokenizer, data: TokenData,
-              threads: int, emit) -> None:
+def _run_rung(out: Path, rung: RungConfig, recipe: PretrainRecipe, *, tokenizer,
+              data: TokenData, threads: int, emit) -> None:
     """Pretrain one rung, writing its checkpoints under ``out/<rung>/`` and reporting events
     through ``emit``: ``("progress", rung, tokens_done, loss, tokens_per_s)``,
     ``("checkpoint", rung, rel_path, manifest)`` and ``("done", rung, summary)``."""
@@ -153,8 +153,9 @@ def _worker_job(out: str, rung: dict, recipe: dict, threads: int) -> str:
     root = Path(out)
     blocks = torch.load(root / DATA_FILE)
     tokenizer = load_tokenizer(root / "tokenizer")
-    _run_rung(root, RungConfig(**rung), PretrainRecipe(**recipe), tokenizer,
-              TokenData(train=blocks["train"], val=blocks["val"]), threads, _EVENTS.put)
+    _run_rung(root, RungConfig(**rung), PretrainRecipe(**recipe), tokenizer=tokenizer,
+              data=TokenData(train=blocks["train"], val=blocks["val"]), threads=threads,
+              emit=_EVENTS.put)
     return rung["name"]
 
 
@@ -270,8 +271,9 @@ def build_pretrained(
         min_lr_ratio=recipe_cfg.min_lr_ratio, weight_decay=recipe_cfg.weight_decay,
         seed=recipe_cfg.seed, checkpoints=list(recipe_cfg.checkpoints),
     )
-    checkpoints, rungs = _train_rungs(config, out, recipe, prepared, threads, workers, progress,
-                                      on_checkpoint)
+    checkpoints, rungs = _train_rungs(config, out, recipe, prepared, threads=threads,
+                                      workers=workers, progress=progress,
+                                      on_checkpoint=on_checkpoint)
     order = {r.name: i for i, r in enumerate(config.rungs)}
     checkpoints.sort(key=lambda rel: (order[rel.split("/")[0]], rel))
     return {
@@ -289,7 +291,7 @@ def build_pretrained(
 
 
 def _train_rungs(config: LadderConfig, out: Path, recipe: PretrainRecipe, prepared: Prepared,
-                 threads: int, workers: int, progress: bool,
+                 *, threads: int, workers: int, progress: bool,
                  on_checkpoint: OnCheckpoint | None) -> tuple[list[str], dict[str, dict]]:
     """Pretrain the rungs (in this process, or ``workers`` spawned ones) under one set of progress
     bars; return the relative checkpoint paths and the per-rung summaries."""
@@ -328,13 +330,15 @@ def _train_rungs(config: LadderConfig, out: Path, recipe: PretrainRecipe, prepar
 
         if workers <= 1:
             for rung in config.rungs:
-                _run_rung(out, rung, recipe, prepared.tokenizer, prepared.data, threads, handle)
+                _run_rung(out, rung, recipe, tokenizer=prepared.tokenizer, data=prepared.data,
+                          threads=threads, emit=handle)
         else:
-            _run_parallel(out, config, recipe, prepared.data, threads, workers, handle)
+            _run_parallel(out, config, recipe, data=prepared.data, threads=threads,
+                          workers=workers, handle=handle)
     return checkpoints, rungs
 
 
-def _run_parallel(out: Path, config: LadderConfig, recipe: PretrainRecipe, data: TokenData,
+def _run_parallel(out: Path, config: LadderConfig, recipe: PretrainRecipe, *, data: TokenData,
                   threads: int, workers: int, handle) -> None:
     """Pretrain the rungs in ``workers`` spawned processes, largest first, feeding their events
     to ``handle`` in this process. Any failure (or ``handle`` raising) stops every worker."""

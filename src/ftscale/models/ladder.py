@@ -140,15 +140,7 @@ def build_ladder(
         return final, True
     check_cache(cache)
     tokenizers = final.parent.parent / "tokenizers"
-    prepared = None
-    if config.kind == "pretrain":
-        from ftscale.models.build import prepare_pretraining
-
-        prepared = prepare_pretraining(config, tokenizers)
-    else:
-        from ftscale.models.external import check_external
-
-        check_external(config)
+    prepared = _check_sources(config, tokenizers)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(final)
     _remove_stale_tokenizer_tmp(tokenizers)
@@ -156,40 +148,14 @@ def build_ladder(
     tmp.mkdir()
     try:
         start = time.perf_counter()
-        if prepared is not None:
-            from ftscale.models.build import build_pretrained
-
-            summary = build_pretrained(
-                config, tmp, prepared, threads=threads or config.threads or None,
-                workers=workers or config.workers or None, progress=progress,
-                on_checkpoint=on_checkpoint,
-            )
-        else:
-            from ftscale.models.external import build_external
-
-            summary = build_external(config, tmp, progress=progress, on_checkpoint=on_checkpoint)
-        summary.update(
-            {
-                "format": LADDER_FORMAT,
-                "name": config.name,
-                "key": config_key(config),
-                "kind": config.kind,
-                "ftscale_version": ftscale.__version__,
-                "config": config.model_dump(mode="json"),
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "build_wall_s": round(time.perf_counter() - start, 3),
-            }
+        summary = _build_into(
+            config, tmp, prepared, threads=threads, workers=workers, progress=progress,
+            on_checkpoint=on_checkpoint,
         )
+        summary.update(_build_facts(config, start))
         write_json_atomic(tmp / LADDER_FILE, summary)
-        if force and final.exists():
-            shutil.rmtree(final)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if is_complete(final):  # another process finished the same ladder first
-                shutil.rmtree(tmp, ignore_errors=True)
-                return final, True
-            raise
+        if _publish(tmp, final, force):
+            return final, True
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, KeyboardInterrupt):
@@ -198,6 +164,65 @@ def build_ladder(
             ) from None
         raise
     return final, False
+
+
+def _check_sources(config: LadderConfig, tokenizers: Path):
+    """What the recipe asks of the corpus (pretrain ladders: the prepared pretraining, returned)
+    or of the external models (checked, None returned); nothing is written."""
+    if config.kind == "pretrain":
+        from ftscale.models.build import prepare_pretraining
+
+        return prepare_pretraining(config, tokenizers)
+    from ftscale.models.external import check_external
+
+    check_external(config)
+    return None
+
+
+def _build_into(
+    config: LadderConfig, tmp: Path, prepared, *, threads, workers, progress, on_checkpoint
+) -> dict:
+    """Pretrain (``prepared`` given) or fetch the external ladder into ``tmp``; its summary."""
+    if prepared is not None:
+        from ftscale.models.build import build_pretrained
+
+        return build_pretrained(
+            config, tmp, prepared, threads=threads or config.threads or None,
+            workers=workers or config.workers or None, progress=progress,
+            on_checkpoint=on_checkpoint,
+        )
+    from ftscale.models.external import build_external
+
+    return build_external(config, tmp, progress=progress, on_checkpoint=on_checkpoint)
+
+
+def _build_facts(config: LadderConfig, start: float) -> dict:
+    """What ``ladder.json`` records about the build beside the builder's summary."""
+    return {
+        "format": LADDER_FORMAT,
+        "name": config.name,
+        "key": config_key(config),
+        "kind": config.kind,
+        "ftscale_version": ftscale.__version__,
+        "config": config.model_dump(mode="json"),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_wall_s": round(time.perf_counter() - start, 3),
+    }
+
+
+def _publish(tmp: Path, final: Path, force: bool) -> bool:
+    """Rename the finished ``tmp`` into place; True when another process finished the same
+    ladder first (``tmp`` is then removed and theirs reused)."""
+    if force and final.exists():
+        shutil.rmtree(final)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if is_complete(final):  # another process finished the same ladder first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return True
+        raise
+    return False
 
 
 def _kept(config: LadderConfig, tokenizers: Path) -> str:

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from ftscale.common import first_line
 from ftscale.errors import UserError
@@ -21,10 +21,28 @@ from ftscale.laws.compare import CriticalPoint, FitResult
 _LINESTYLES = ("-", "--", ":", "-.")
 
 
-def _log_axis(axis) -> None:
-    """Log-axis labels at 1, 2 and 5 per decade only (all minor labels collide on short ranges)."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+#: Most labelled ticks :func:`log_ticks` puts at given values (more collide in a 4-inch panel).
+_MAX_VALUE_TICKS = 6
+
+
+def log_ticks(axis, values: Sequence[float] | None = None) -> None:
+    """Readable labels on a log axis: no minor labels (they collide on short ranges such as
+    250-1000, printing 2x10^2 3x10^2 ... on top of each other). With ``values`` (e.g. the D_f
+    actually run), major ticks sit at those values (at most six, evenly thinned) as plain
+    numbers; without, at 1, 2 and 5 per decade."""
     axis.set_minor_formatter(NullFormatter())
+    if values is None:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        return
+    ticks = sorted({float(v) for v in values})
+    step = -(-len(ticks) // _MAX_VALUE_TICKS)  # ceiling division
+    axis.set_major_locator(FixedLocator(ticks[::step]))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: _plain(v)))
+
+
+def _plain(value: float) -> str:
+    """A tick label without powers of ten: 250, 1,000, 64,000; 1.2e+06 from a million up."""
+    return f"{value:,.0f}" if abs(value) < 1e6 else f"{value:.3g}"
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -69,10 +87,27 @@ def _panel(ax, panel: Sequence[FitResult], forms: list[str]) -> None:
     # Colour by X from a two-variable fit when there is one: its sizes carry X.
     ref = next((r for r in panel if r.sizes.shape[1] == 2), panel[0])
     d_col = ref.sizes[:, -1]
+    d_line = np.geomspace(d_col.min() / 1.2, d_col.max() * 1.2, 200)
+    _draw_runs(ax, panel, ref, forms, d_line)
+    notes = _draw_laws(ax, panel, forms, d_line)
+    ax.scatter([], [], facecolors="none", edgecolors="black", label="held out")
+    ax.set_xscale("log")
+    log_ticks(ax.xaxis)
+    ax.set_xlabel(ref.variables["d"])
+    # Below the panel: flat curves (prompt tuning) leave no empty corner inside it.
+    legend = ax.legend(
+        fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2
+    )
+    if notes:
+        _annotate_notes(ax, legend, notes)
+
+
+def _draw_runs(ax, panel: Sequence[FitResult], ref: FitResult, forms: list[str], d_line) -> None:
+    """The runs (filled: fitted, hollow: held out) and two-variable laws, one colour per X."""
+    d_col = ref.sizes[:, -1]
     two_var = ref.sizes.shape[1] == 2
     xs = np.unique(ref.sizes[:, 0]) if two_var else np.array([np.nan])
     colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(xs)))
-    d_line = np.geomspace(d_col.min() / 1.2, d_col.max() * 1.2, 200)
     for x, colour in zip(xs, colours, strict=True):
         rows = ref.sizes[:, 0] == x if two_var else np.ones(len(d_col), bool)
         fit_rows, held_rows = rows & ~ref.heldout, rows & ref.heldout
@@ -92,6 +127,10 @@ def _panel(ax, panel: Sequence[FitResult], forms: list[str]) -> None:
                 grid = np.column_stack([np.full_like(d_line, x), d_line])
                 with np.errstate(all="ignore"):
                     ax.plot(d_line, result.law.predict(grid), style, color=colour, lw=1.1)
+
+
+def _draw_laws(ax, panel: Sequence[FitResult], forms: list[str], d_line) -> list[str]:
+    """One-variable laws in black and a legend entry per form; returns the fits' warnings."""
     notes = []
     for result in panel:
         style = _LINESTYLES[forms.index(result.form) % len(_LINESTYLES)]
@@ -108,26 +147,22 @@ def _panel(ax, panel: Sequence[FitResult], forms: list[str]) -> None:
             label=f"{result.form}{mark}: Δe={result.delta_e:.4f} Δh={result.delta_h:.4f}",
         )
         notes += [f"(!) {result.form}: {w}" for w in result.warnings]
-    ax.scatter([], [], facecolors="none", edgecolors="black", label="held out")
-    ax.set_xscale("log")
-    _log_axis(ax.xaxis)
-    ax.set_xlabel(ref.variables["d"])
-    # Below the panel: flat curves (prompt tuning) leave no empty corner inside it.
-    legend = ax.legend(
-        fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2
+    return notes
+
+
+def _annotate_notes(ax, legend, notes: list[str]) -> None:
+    """The fits' warnings in red under the legend (at most eight, shortened)."""
+    text = "\n".join(textwrap.shorten(n, 90) for n in notes[:8])
+    ax.annotate(
+        text,
+        xy=(0.0, 0.0),
+        xycoords=legend,
+        xytext=(0, -4),
+        textcoords="offset points",
+        va="top",
+        fontsize=5.5,
+        color="darkred",
     )
-    if notes:
-        text = "\n".join(textwrap.shorten(n, 90) for n in notes[:8])
-        ax.annotate(
-            text,
-            xy=(0.0, 0.0),
-            xycoords=legend,
-            xytext=(0, -4),
-            textcoords="offset points",
-            va="top",
-            fontsize=5.5,
-            color="darkred",
-        )
 
 
 def plot_critical(points: Sequence[CriticalPoint], path: str | Path, *, x_label: str = "X") -> Path:
@@ -170,7 +205,7 @@ def plot_critical(points: Sequence[CriticalPoint], path: str | Path, *, x_label:
     else:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        _log_axis(ax.xaxis)
+        log_ticks(ax.xaxis)
         ax.scatter([], [], facecolors="none", edgecolors="black", s=24, label="outside observed D")
         ax.legend(fontsize=7, frameon=False)
     ax.set_xlabel(x_label)

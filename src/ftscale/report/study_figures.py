@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ftscale.laws import ScalingLaw
+from ftscale.report.figures import log_ticks
 
 #: Figure name -> (title, function); filled by :func:`register_figure`.
 FIGURES: dict[str, tuple[str, Callable[[dict], bytes | None]]] = {}
@@ -83,6 +84,7 @@ def _sweep_figure(analysis: dict, sweep: str, x_label: str) -> bytes | None:
                 linewidths=0.5,
             )
         ax.set_xscale("log")
+        log_ticks(ax.xaxis, ds)  # ticks at the D_f run, as plain numbers
         ax.set_xlabel("finetuning examples D_f")
         ax.set_ylabel("test NLL (nats/token)")
         dh = entry["delta_h"]
@@ -133,6 +135,8 @@ def critical_figure(analysis: dict) -> bytes | None:
                 ax.vlines(c["x"], *c["interval"], color=colour, alpha=0.5)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    log_ticks(ax.xaxis, [c["x"] for c in points])  # ticks at the model sizes fitted
+    log_ticks(ax.yaxis)
     ax.set_xlabel("model size N (non-embedding parameters)")
     ax.set_ylabel("critical D_f (examples)")
     ax.legend(fontsize=8)
@@ -159,6 +163,7 @@ def generalisation_figure(analysis: dict) -> bytes | None:
             xs = sorted(by_x)
             ax.plot(xs, [np.mean(by_x[x]) for x in xs], "o-", color=_COLOURS[i], label=method)
         ax.set_xscale("log")
+        log_ticks(ax.xaxis, [r["nonembedding_params"] for r in rows])
         ax.set_xlabel("model size N")
         ax.set_ylabel(metric + " (mean over D_f)")
         ax.legend(fontsize=7)

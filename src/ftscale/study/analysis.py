@@ -23,7 +23,8 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -181,7 +182,19 @@ def _sizes(points: pd.DataFrame) -> np.ndarray:
     return points[["x", "examples"]].to_numpy(float)
 
 
-def _fit_entry(method, sweep, form, law, points, held, boot, shared, level) -> dict:
+def _fit_entry(
+    law,
+    points: pd.DataFrame,
+    held: np.ndarray,
+    *,
+    method: str,
+    sweep: str,
+    form: str,
+    boot,
+    shared: dict[str, float] | None,
+    level: float,
+) -> dict:
+    """One fit's JSON entry: parameters, intervals, Delta_e / Delta_h and every point."""
     from ftscale.laws import mean_abs_deviation
 
     X, y = _sizes(points), points["test_nll"].to_numpy(float)
@@ -274,7 +287,17 @@ def fit_method(frame, config, method: str, form: str, notes: list[str]) -> list[
                 continue
         boot = _safe_bootstrap(laws[sweep], points, held, analysis, notes, f"{method} {sweep}")
         entries.append(
-            _fit_entry(method, sweep, form, laws[sweep], points, held, boot, shared, analysis.level)
+            _fit_entry(
+                laws[sweep],
+                points,
+                held,
+                method=method,
+                sweep=sweep,
+                form=form,
+                boot=boot,
+                shared=shared,
+                level=analysis.level,
+            )
         )
     if method in config.sweeps.pet_size.sizes and config.sweeps.pet_size.enabled:
         entries += _fit_pet(frame, config, method, form, shared, notes)
@@ -313,7 +336,15 @@ def _fit_pet(frame, config, method, form, shared, notes) -> list[dict]:
     boot = _safe_bootstrap(law, points, held, config.analysis, notes, f"{method} pet_size")
     return [
         _fit_entry(
-            method, "pet_size", form, law, points, held, boot, shared or None, config.analysis.level
+            law,
+            points,
+            held,
+            method=method,
+            sweep="pet_size",
+            form=form,
+            boot=boot,
+            shared=shared or None,
+            level=config.analysis.level,
         )
     ]
 
@@ -465,96 +496,131 @@ def _int(value):
 
 # -- findings ------------------------------------------------------------------------------------
 
+#: Finding number -> checker, in the study's order; filled by :func:`register_finding`. A checker
+#: takes a :class:`_FindingInputs` and returns the finding's dict (see :func:`_finding`).
+FINDINGS: dict[int, Callable[[_FindingInputs], dict]] = {}
+
+
+@dataclass(frozen=True)
+class _FindingInputs:
+    """What every finding reads: all fits, the critical points, the study's methods, and the
+    multiplicative fits by ``(method, sweep)``."""
+
+    fits: list[dict]
+    critical: list[dict]
+    methods: list[str]
+    get: dict[tuple[str, str], dict]
+
+
+def register_finding(number: int):
+    def wrap(fn):
+        FINDINGS[number] = fn
+        return fn
+
+    return wrap
+
 
 def findings(fits: list[dict], critical: list[dict], config) -> list[dict]:
     """The study's five findings, each marked reproduced, not reproduced or not testable."""
     mult = [f for f in fits if f["form"] == "multiplicative"]
-    get = {(f["method"], f["sweep"]): f for f in mult}
-    methods = list(config.methods)
-    out = []
+    inputs = _FindingInputs(
+        fits=fits,
+        critical=critical,
+        methods=list(config.methods),
+        get={(f["method"], f["sweep"]): f for f in mult},
+    )
+    return [FINDINGS[number](inputs) for number in sorted(FINDINGS)]
 
-    # (1) the multiplicative law fits with small held-out error.
-    held = [(m, get[(m, "model_size")]) for m in methods if (m, "model_size") in get]
+
+@register_finding(1)
+def _small_heldout_error(inp: _FindingInputs) -> dict:
+    """(1) the multiplicative law fits with small held-out error."""
+    claim = "The multiplicative law fits with small held-out error"
+    get = inp.get
+    held = [(m, get[(m, "model_size")]) for m in inp.methods if (m, "model_size") in get]
     held = [(m, f) for m, f in held if f["delta_h"] is not None]
+    if not held:
+        return _finding(1, claim, None, "no held-out model-size points")
     detail = {m: f["delta_h"] for m, f in held}
     add = {
         f["method"]: f["delta_h"]
-        for f in fits
+        for f in inp.fits
         if f["form"] == "additive" and f["sweep"] == "model_size" and f["delta_h"] is not None
     }
-    if held:
-        mean_loss = np.mean([p["observed"] for _, f in held for p in f["points"]])
-        ok = all(f["delta_h"] <= SMALL_DELTA_H * mean_loss for _, f in held)
-        wins = sum(1 for m, f in held if m in add and f["delta_h"] <= add[m])
-        text = (
-            f"multiplicative Delta_h (model size) {_fmt_map(detail)}; additive "
-            f"{_fmt_map(add)}; the multiplicative law has the lower held-out error for "
-            f"{wins} of {len(held)} methods (threshold for 'small': "
-            f"{SMALL_DELTA_H:.0%} of the mean loss, {SMALL_DELTA_H * mean_loss:.3f} nats)"
-        )
-        out.append(_finding(1, "The multiplicative law fits with small held-out error", ok, text))
-    else:
-        out.append(
-            _finding(
-                1,
-                "The multiplicative law fits with small held-out error",
-                None,
-                "no held-out model-size points",
-            )
-        )
+    mean_loss = np.mean([p["observed"] for _, f in held for p in f["points"]])
+    ok = all(f["delta_h"] <= SMALL_DELTA_H * mean_loss for _, f in held)
+    wins = sum(1 for m, f in held if m in add and f["delta_h"] <= add[m])
+    text = (
+        f"multiplicative Delta_h (model size) {_fmt_map(detail)}; additive "
+        f"{_fmt_map(add)}; the multiplicative law has the lower held-out error for "
+        f"{wins} of {len(held)} methods (threshold for 'small': "
+        f"{SMALL_DELTA_H:.0%} of the mean loss, {SMALL_DELTA_H * mean_loss:.3f} nats)"
+    )
+    return _finding(1, claim, ok, text)
 
-    # (2) alpha for model size > alpha for pretraining data.
+
+@register_finding(2)
+def _model_size_beats_pretraining(inp: _FindingInputs) -> dict:
+    """(2) alpha for model size > alpha for pretraining data."""
+    get = inp.get
     pairs = {
         m: (get[(m, "model_size")]["params"]["alpha"], get[(m, "pretraining")]["params"]["alpha"])
-        for m in methods
+        for m in inp.methods
         if (m, "model_size") in get and (m, "pretraining") in get
     }
     ok = bool(pairs) and all(a > b for a, b in pairs.values())
     text = "; ".join(
         f"{m}: alpha(model) {a:.3g} vs alpha(pretraining) {b:.3g}" for m, (a, b) in pairs.items()
     )
-    out.append(
-        _finding(
-            2,
-            "Model size helps more than pretraining data (alpha_model > alpha_data)",
-            ok if pairs else None,
-            text or "needs both sweeps",
-        )
+    return _finding(
+        2,
+        "Model size helps more than pretraining data (alpha_model > alpha_data)",
+        ok if pairs else None,
+        text or "needs both sweeps",
     )
 
-    # (3) PET-size exponents near zero.
-    pet = {m: get[(m, "pet_size")]["params"]["alpha"] for m in methods if (m, "pet_size") in get}
+
+@register_finding(3)
+def _pet_size_near_zero(inp: _FindingInputs) -> dict:
+    """(3) PET-size exponents near zero."""
+    get = inp.get
+    pet = {
+        m: get[(m, "pet_size")]["params"]["alpha"] for m in inp.methods if (m, "pet_size") in get
+    }
     ok = bool(pet) and all(abs(a) < PET_ALPHA_NEAR_ZERO for a in pet.values())
     text = "; ".join(f"{m}: alpha(PET size) {a:.3g}" for m, a in pet.items())
-    out.append(
-        _finding(
-            3,
-            f"PET size buys almost nothing (|alpha_PET| < {PET_ALPHA_NEAR_ZERO:g})",
-            ok if pet else None,
-            text or "no PET-size sweep",
-        )
+    return _finding(
+        3,
+        f"PET size buys almost nothing (|alpha_PET| < {PET_ALPHA_NEAR_ZERO:g})",
+        ok if pet else None,
+        text or "no PET-size sweep",
     )
 
-    # (4) beta: FMT > PET; LoRA > prompt.
+
+@register_finding(4)
+def _beta_order(inp: _FindingInputs) -> dict:
+    """(4) beta: FMT > PET; LoRA > prompt."""
+    get = inp.get
     betas = {
-        m: get[(m, "model_size")]["params"]["beta"] for m in methods if (m, "model_size") in get
+        m: get[(m, "model_size")]["params"]["beta"] for m in inp.methods if (m, "model_size") in get
     }
     checks = []
     if "fmt" in betas:
         checks += [betas["fmt"] > betas[m] for m in ("lora", "prompt") if m in betas]
     if "lora" in betas and "prompt" in betas:
         checks.append(betas["lora"] > betas["prompt"])
-    text = "beta (model-size fits): " + _fmt_map(betas)
-    out.append(
-        _finding(
-            4,
-            "beta is larger for FMT than for PET, and for LoRA than for prompt",
-            all(checks) if checks else None,
-            text,
-        )
+    return _finding(
+        4,
+        "beta is larger for FMT than for PET, and for LoRA than for prompt",
+        all(checks) if checks else None,
+        "beta (model-size fits): " + _fmt_map(betas),
     )
 
-    # (5) critical data sizes exist; PET first at small data.
+
+@register_finding(5)
+def _critical_sizes_exist(inp: _FindingInputs) -> dict:
+    """(5) critical data sizes exist; PET first at small data."""
+    critical = inp.critical
     found = [c for c in critical if c["crossings"]]
     fmt_pairs = [c for c in critical if "fmt" in (c["first"], c["second"])]
     pet_first = [c for c in fmt_pairs if c["better_at_small_data"] != "fmt"]
@@ -568,15 +634,12 @@ def findings(fits: list[dict], critical: list[dict], config) -> list[dict]:
     ]
     if first:
         text += "; e.g. " + ", ".join(first)
-    out.append(
-        _finding(
-            5,
-            "Critical data sizes exist (PET first at small data, FMT later)",
-            bool(found) and bool(pet_first) if critical else None,
-            text,
-        )
+    return _finding(
+        5,
+        "Critical data sizes exist (PET first at small data, FMT later)",
+        bool(found) and bool(pet_first) if critical else None,
+        text,
     )
-    return out
 
 
 def _finding(number: int, claim: str, ok: bool | None, detail: str) -> dict:

@@ -13,9 +13,10 @@ smallest rung's final checkpoint at default sizes) is planned once and tagged wi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ftscale.errors import UserError
 from ftscale.study.config import Study, rung_names, size_option
@@ -188,20 +189,54 @@ def materialise_data(study: Study, data_dir: Path) -> None:
 
 def make_plan(study: Study, study_dir: Path, cache: str | Path | None = None) -> Plan:
     """Every run of ``study`` (see the module docs); nothing is written."""
-    from ftscale.finetune.job import EvalSet, FinetuneJob
-    from ftscale.finetune.methods import make_method
-    from ftscale.finetune.tasks import TaskConfig
-    from ftscale.finetune.train import TrainConfig
-
     config = study.config
     data_dir = Path(study_dir) / DATA_FOLDER
+    shared = _shared_job_fields(study, data_dir)
+    rows = checkpoints(study, cache)
+    planned: dict[str, PlannedRun] = {}
+    for cell in _sweep_cells(study, rows):
+        _add_runs(planned, cell, config, shared)
+    runs = sorted(planned.values(), key=_cost_order)
+    ready = config.task.test_examples is None or (data_dir / "test.jsonl").is_file()
+    return Plan(runs=runs, checkpoints=rows, data_ready=ready)
+
+
+class _Cell(NamedTuple):
+    """One (sweep, base model, method with options) of the design, before D_f and seeds."""
+
+    sweep: str
+    checkpoint: Checkpoint
+    method: str
+    options: dict
+
+
+def _shared_job_fields(study: Study, data_dir: Path) -> dict[str, Any]:
+    """The :class:`~ftscale.finetune.job.FinetuneJob` fields every run of the study shares."""
+    from ftscale.finetune.job import EvalSet
+    from ftscale.finetune.tasks import TaskConfig
+
+    config = study.config
     train, dev, test = data_sources(study, data_dir)
     task = TaskConfig(
         template=config.task.template,
         max_source_tokens=config.task.max_source_tokens,
         max_target_tokens=config.task.max_target_tokens,
     )
-    rows = checkpoints(study, cache)
+    evals = tuple(EvalSet(e.name, e.spec, e.source_column, e.target_column) for e in config.evals)
+    return {
+        "train": train,
+        "dev": dev,
+        "test": test,
+        "task": task,
+        "evals": evals,
+        "shots": config.task.shots,
+    }
+
+
+def _sweep_cells(study: Study, rows: list[Checkpoint]) -> Iterator[_Cell]:
+    """The cells of the enabled sweeps, in plan order (model size, pretraining, PET size);
+    lazily, so a cell's method errors surface in the same order as its runs are planned."""
+    config = study.config
     by_rung: dict[str, list[Checkpoint]] = {}
     for row in rows:
         by_rung.setdefault(row.rung, []).append(row)
@@ -209,54 +244,47 @@ def make_plan(study: Study, study_dir: Path, cache: str | Path | None = None) ->
     if not order:
         raise UserError(f"{study.origin}: the ladder has no checkpoints")
     smallest = config.sweeps.pretraining.rung or order[0]
-
-    planned: dict[str, PlannedRun] = {}
-    evals = tuple(
-        EvalSet(e.name, e.spec, e.source_column, e.target_column) for e in config.evals
-    )
-
-    def add(sweep: str, ckpt: Checkpoint, method: str, options: dict) -> None:
-        method_config = make_method(method, **options)
-        for examples in config.examples.for_method(method):
-            for subset_seed in config.examples.subset_seeds:
-                train_config = _train_config(config, method, examples, subset_seed, TrainConfig)
-                job = FinetuneJob(
-                    model=ckpt.path,
-                    revision=ckpt.revision,
-                    method=method_config,
-                    train=train,
-                    dev=dev,
-                    test=test,
-                    task=task,
-                    train_config=train_config,
-                    evals=evals,
-                    shots=config.task.shots,
-                )
-                key = job.key
-                if key not in planned:
-                    planned[key] = PlannedRun(
-                        job, ckpt, method, method_config.size, examples, subset_seed
-                    )
-                if sweep not in planned[key].sweeps:
-                    planned[key].sweeps.append(sweep)
-
     sweeps = config.sweeps
     if sweeps.model_size.enabled:
         for rung in order:
             for method in sweeps.model_size.methods or list(config.methods):
-                add("model_size", _final(by_rung[rung]), method, config.methods[method])
+                yield _Cell("model_size", _final(by_rung[rung]), method, config.methods[method])
     if sweeps.pretraining.enabled:
         for ckpt in by_rung[smallest]:
             for method in sweeps.pretraining.methods or list(config.methods):
-                add("pretraining", ckpt, method, config.methods[method])
+                yield _Cell("pretraining", ckpt, method, config.methods[method])
     if sweeps.pet_size.enabled:
         for method, sizes in sweeps.pet_size.sizes.items():
             for size in sizes:
                 options = {**config.methods[method], size_option(method): size}
-                add("pet_size", _final(by_rung[smallest]), method, options)
-    runs = sorted(planned.values(), key=_cost_order)
-    ready = config.task.test_examples is None or (data_dir / "test.jsonl").is_file()
-    return Plan(runs=runs, checkpoints=rows, data_ready=ready)
+                yield _Cell("pet_size", _final(by_rung[smallest]), method, options)
+
+
+def _add_runs(planned: dict[str, PlannedRun], cell: _Cell, config, shared: dict) -> None:
+    """The cell's runs (each D_f and subset seed) into ``planned``; a run already planned by
+    another sweep is tagged with this one too."""
+    from ftscale.finetune.job import FinetuneJob
+    from ftscale.finetune.methods import make_method
+    from ftscale.finetune.train import TrainConfig
+
+    method_config = make_method(cell.method, **cell.options)
+    for examples in config.examples.for_method(cell.method):
+        for subset_seed in config.examples.subset_seeds:
+            train_config = _train_config(config, cell.method, examples, subset_seed, TrainConfig)
+            job = FinetuneJob(
+                model=cell.checkpoint.path,
+                revision=cell.checkpoint.revision,
+                method=method_config,
+                train_config=train_config,
+                **shared,
+            )
+            key = job.key
+            if key not in planned:
+                planned[key] = PlannedRun(
+                    job, cell.checkpoint, cell.method, method_config.size, examples, subset_seed
+                )
+            if cell.sweep not in planned[key].sweeps:
+                planned[key].sweeps.append(cell.sweep)
 
 
 def _train_config(config, method: str, examples: int, subset_seed: int, TrainConfig):

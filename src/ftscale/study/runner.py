@@ -89,35 +89,15 @@ def run_study(
     ``"lines"``, ``"none"`` or ``"auto"`` (a bar on a terminal)."""
     start = time.perf_counter()
     config = study.config
-    options = options or ExecutorOptions(
-        workers=config.run.workers,
-        threads=config.run.threads,
-        num_cpus=config.run.num_cpus,
-        num_gpus=config.run.num_gpus,
-    )
+    options = options or _config_options(config)
     runner = make_executor(executor or config.run.executor, options)
     say = say or (lambda message: None)
     study_dir = Path(study_dir).absolute()
     check_study_dir(study_dir, study)
     study_dir.mkdir(exist_ok=True)
     with locked(study_dir), Store(study_dir / STORE_FILE, create=True) as store:
-        store.set_meta(
-            study=study.name,
-            origin=study.origin,
-            config=config.model_dump(mode="json"),
-            ladder=study.ladder.model_dump(mode="json"),
-        )
-        try:
-            _build_ladder(study, cache, say, progress)
-            materialise_data(study, study_dir / DATA_FOLDER)
-            plan = make_plan(study, study_dir, cache)
-        except KeyboardInterrupt as exc:
-            counts = store.counts()
-            raise Interrupted(
-                f"{counts['ok'] + counts['failed']} runs are in the store (interrupted before "
-                "running; an unfinished ladder build starts again); rerun to resume",
-                getattr(exc, "exit_code", 130),
-            ) from None
+        _record_study(store, study)
+        plan = _prepare(study, study_dir, store, cache=cache, say=say, progress=progress)
         plan = _resolve_learning_rates(plan, store, runner, say)
         store.sync_plan(plan.runs)
         todo = store.to_run(retry_failed)
@@ -147,6 +127,42 @@ def run_study(
 
         summary.report = {k: str(v) for k, v in write_report(study_dir).items()}
     return summary
+
+
+def _config_options(config) -> ExecutorOptions:
+    """Executor options from the study file's ``[run]`` table."""
+    return ExecutorOptions(
+        workers=config.run.workers,
+        threads=config.run.threads,
+        num_cpus=config.run.num_cpus,
+        num_gpus=config.run.num_gpus,
+    )
+
+
+def _record_study(store: Store, study: Study) -> None:
+    """The study file and its ladder, stored beside the runs (status and the report read them)."""
+    store.set_meta(
+        study=study.name,
+        origin=study.origin,
+        config=study.config.model_dump(mode="json"),
+        ladder=study.ladder.model_dump(mode="json"),
+    )
+
+
+def _prepare(study: Study, study_dir: Path, store: Store, *, cache, say, progress: str) -> Plan:
+    """Build the ladder, write the capped data sets and plan the runs; Ctrl-C here says how many
+    runs the store already holds."""
+    try:
+        _build_ladder(study, cache, say, progress)
+        materialise_data(study, study_dir / DATA_FOLDER)
+        return make_plan(study, study_dir, cache)
+    except KeyboardInterrupt as exc:
+        counts = store.counts()
+        raise Interrupted(
+            f"{counts['ok'] + counts['failed']} runs are in the store (interrupted before "
+            "running; an unfinished ladder build starts again); rerun to resume",
+            getattr(exc, "exit_code", 130),
+        ) from None
 
 
 def _build_ladder(study: Study, cache, say, progress: str) -> None:
