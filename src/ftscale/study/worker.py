@@ -47,8 +47,7 @@ def execute(spec_json: str, threads: int | None = None) -> dict[str, Any]:
         job = FinetuneJob.from_json(spec_json)
         if threads:
             job = job.replace(threads=threads)
-        record = run_job(job).to_dict()
-        record["key"] = FinetuneJob.from_json(spec_json).key  # the stored key, threads aside
+        record = run_job(job).to_dict()  # its key is the stored one: threads are not in keys
         status = record.get("status", "ok")
         error = record.get("reason") if status != "ok" else None
     except Exception as exc:  # a run's failure is data, not a crash of the sweep
