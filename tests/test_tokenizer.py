@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ftscale.data import corpus
 from ftscale.errors import UserError
-from ftscale.models.pretrain import lr_at
 from ftscale.models.tokenizer import (
     EOS_TOKEN,
     PAD_TOKEN,
@@ -81,11 +78,3 @@ def test_deterministic_and_cached(tmp_path):
 def test_too_small_vocabulary_is_a_user_error():
     with pytest.raises(UserError, match="vocab_size 100 is too small"):
         train_bpe(["abc"], 100)
-
-
-def test_learning_rate_schedule():
-    lrs = [lr_at(s, 100, 1e-3, 10, 0.1) for s in range(100)]
-    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert max(lrs) == pytest.approx(1e-3)
-    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
-    assert lr_at(100, 100, 1e-3, 10, 0.1) == pytest.approx(1e-4)

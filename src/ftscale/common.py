@@ -1,5 +1,5 @@
-"""Small helpers every layer shares, one per idiom: the first line of an error, atomic writes, and
-the thread/worker policy for CPU work.
+"""Small helpers every layer shares, one per idiom: the first line of an error, a validation error
+as one line, atomic writes, and the thread/worker policy for CPU work.
 
 Standard library only, so ``ftscale.laws`` (numpy/scipy only) and the CLI import it without cost.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,32 @@ def first_line(exc: BaseException) -> str:
     """
     text = str(exc).strip()
     return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def validation_problems(
+    errors: list[dict[str, Any]], where: Callable[[str], str] | None = None
+) -> str:
+    """Every problem of a pydantic validation error (``exc.errors()``) on one line:
+    ``field.path: problem (got VALUE)``, joined by ``; ``, unknown keys first (a misspelt key also
+    makes the real one look missing, and the typo is the cause worth reading). ``where`` turns a
+    field path into what the user typed (a CLI flag, a table key); a problem of the whole object
+    has no path."""
+    errors = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")
+    out: list[str] = []
+    for err in errors:
+        path = ".".join(
+            str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal["))
+        )
+        if path and where is not None:
+            path = where(path)
+        message = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict):
+            message += f" (got {value!r})"
+        line = f"{path}: {message}" if path else message
+        if line not in out:
+            out.append(line)
+    return "; ".join(out)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -165,7 +165,10 @@ def _bad_dirs(tmp_path: Path) -> dict[str, Path]:
         ({"--method": "fmt", "--model": "vit"}, "not a loadable causal language model"),
         ({"--method": "fmt", "--model": "empty_dir"}, "not a model directory"),
         ({"--method": "fmt", "--model": "./nowhere"}, "no such model directory"),
-        ({"--method": "fmt", "--optimizer": "sgd"}, "optimizer 'sgd' unknown"),
+        (
+            {"--method": "fmt", "--optimizer": "sgd"},
+            "--optimizer: Input should be 'adamw' or 'adafactor' (got 'sgd')",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(model_dir, data_files, tmp_path, change, fragment):
@@ -189,9 +192,9 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, data_files, tmp_path, chang
 
 @pytest.mark.slow
 def test_gguf_without_the_gguf_package_says_how_to_get_it(model_dir, data_files, monkeypatch):
-    import ftscale.finetune.train as train_module
+    import ftscale.models.loading as loading
 
-    monkeypatch.setattr(train_module, "_gguf_available", lambda: False)
+    monkeypatch.setattr(loading, "_gguf_available", lambda: False)
     args = _args(model_dir, data_files, "--method", "fmt", "--gguf-file", "m.gguf")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2

@@ -12,10 +12,9 @@ from typer.testing import CliRunner
 
 from ftscale.cli import app
 from ftscale.finetune import TaskConfig, TrainConfig, finetune, make_method
-from ftscale.finetune.job import EvalSet, FinetuneJob
 from ftscale.finetune.progress import PlainProgress
+from ftscale.finetune.spec import EvalSet, FinetuneJob
 from ftscale.finetune.tasks import encode_pairs
-from ftscale.finetune.train import few_shot_task
 
 
 def test_eval_sets_scored_before_and_after_with_seeded_shots(tok, base, pairs, tmp_path):
@@ -62,15 +61,15 @@ def test_eval_sets_scored_before_and_after_with_seeded_shots(tok, base, pairs, t
 
 def test_few_shot_prompt_holds_the_demonstrations(tok):
     demos = reverse_pairs(2, 4)
-    task = few_shot_task(TaskConfig(template="{src} ="), demos)
+    task = TaskConfig(template="{src} =").with_demonstrations(demos)
     prompt = task.prompt("a b")
     assert prompt == "".join(f"{d.source} = {d.target}\n" for d in demos) + "a b ="
-    assert few_shot_task(TaskConfig(), []) == TaskConfig()
+    assert TaskConfig().with_demonstrations([]) == TaskConfig()
 
 
 def test_eval_sets_are_part_of_the_spec_and_its_key(data_files):
     tr, dv, te = data_files
-    from ftscale.finetune.job import DataSource
+    from ftscale.finetune.spec import DataSource
 
     job = FinetuneJob(
         model="m",

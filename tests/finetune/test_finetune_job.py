@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from ftscale.cli import app
 from ftscale.errors import UserError
 from ftscale.finetune import TaskConfig, TrainConfig, make_method
-from ftscale.finetune.job import DataSource, FinetuneJob
+from ftscale.finetune.spec import DataSource, FinetuneJob
 
 
 def _job(data_files, **train) -> FinetuneJob:
@@ -107,7 +107,7 @@ def test_print_job_then_job_runs_the_same_record(model_dir, data_files, tmp_path
 
 def test_lr_auto_searches_on_dev_and_records_the_search(base, tok, pairs):
     from ftscale.finetune import finetune
-    from ftscale.finetune.lr_search import search_grid
+    from ftscale.finetune.methods import get_method
 
     train, dev, test = pairs
     config = TrainConfig(examples=60, max_steps=12, learning_rate="auto", gen_examples=0)
@@ -121,7 +121,7 @@ def test_lr_auto_searches_on_dev_and_records_the_search(base, tok, pairs):
         train_config=config,
     )
     search = record.lr_search
-    assert search["grid"] == list(search_grid("lora")) and len(search["dev_nll"]) == 5
+    assert search["grid"] == list(get_method("lora").search_grid) and len(search["dev_nll"]) == 5
     assert record.learning_rate == search["chosen"] in search["grid"]
     scored = [s for s in search["dev_nll"] if s is not None]
     if search["improved"]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import math
 import pickle
@@ -28,7 +27,6 @@ from ftscale.finetune import (
     score_generations,
 )
 from ftscale.finetune.tasks import collate, length_grouped_batches
-from ftscale.finetune.train import learning_rate_at
 
 
 @pytest.mark.parametrize(
@@ -462,14 +460,6 @@ def test_template_fills_source_and_fields(tok):
         TaskConfig(template="{src} in {lang}")
 
 
-def test_learning_rate_schedule_warms_up_then_decays_to_floor():
-    rates = [learning_rate_at(s, 100, 1.0, 0.1, 0.1) for s in range(100)]
-    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
-    assert max(rates) == pytest.approx(1.0)
-    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
-    assert learning_rate_at(100, 100, 1.0, 0.1, 0.1) == pytest.approx(0.1)
-
-
 def test_reverse_pairs_fixture_is_varied():
     rows = reverse_pairs(50, 0)
     assert len({len(p.source.split()) for p in rows}) > 2
@@ -498,7 +488,7 @@ def test_activation_checkpointing_changes_memory_not_numbers(tok, base, pairs):
 @pytest.mark.parametrize("where", ["training", "generating", "eval set"])
 def test_out_of_memory_anywhere_becomes_a_failed_record(tok, base, pairs, monkeypatch, where):
     """Fault injection: torch's own out-of-memory error raised inside one step of the run."""
-    import ftscale.finetune.train as train_module
+    import ftscale.finetune.recipe as train_module
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CPU out of memory (injected)")
@@ -519,7 +509,7 @@ def test_out_of_memory_anywhere_becomes_a_failed_record(tok, base, pairs, monkey
     elif where == "generating":
         monkeypatch.setattr(train_module, "greedy_generate", out_of_memory)
     else:
-        from ftscale.finetune.train import EvalData
+        from ftscale.finetune.recipe import EvalData
 
         evals = [EvalData("extra", dev[:4])]
         real_score = train_module._score_eval

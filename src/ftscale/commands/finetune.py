@@ -1,25 +1,206 @@
 """``ftscale finetune``: one finetuning run from the command line, its record as one JSON line.
 
-Options -> one :class:`~ftscale.finetune.job.FinetuneJob` -> :func:`~ftscale.finetune.job.run_job`
--> render. Every input and output location is checked before the model loads.
+Options -> one :class:`~ftscale.finetune.spec.FinetuneJob` -> :func:`~ftscale.finetune.recipe.
+run_job` -> render. The training options are generated from the settings schema
+(:class:`~ftscale.finetune.spec.TrainConfig`: its defaults, ranges and help); the job, method,
+task and output options are the tables below. Every input and output location is checked before
+the model loads.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
+from ftscale.commands.options import Option, command, in_panel, schema_options
 from ftscale.errors import UserError
 from ftscale.finetune.methods import method_help
+from ftscale.finetune.spec import TASK_DEFAULTS, TrainConfig, setting_flag
 
 #: Exit status when the run finished but its record could not be appended to --output (the record
 #: is printed on stdout instead).
 RECORD_NOT_SAVED_EXIT = 3
+
+JOB_OPTIONS = (
+    Option("model", str | None, None, "Base model: local directory, .gguf file or hub id."),
+    Option("method", str | None, None, method_help() + "."),
+    Option("train", str | None, None, "Training pairs (JSONL/CSV/Parquet: source, target)."),
+    Option("dev", str | None, None, "Dev pairs: pick the best state by dev NLL."),
+    Option("test", str | None, None, "Test pairs: NLL per target token, generation."),
+    Option(
+        "job_file",
+        Path | None,
+        None,
+        "Run a saved run spec (JSON from --print-job) instead of flags.",
+        ("--job",),
+    ),
+    Option("print_job", bool, False, "Print the run spec and its key; do not run."),
+    Option("revision", str | None, None, "Hub revision (branch, tag, commit) of --model."),
+    Option("gguf_file", str | None, None, "GGUF file inside --model."),
+    Option("rank", int | None, None, "Rank of LoRA-like methods (lora, dora, loha, ...).", min=1),
+    Option(
+        "prompt_length",
+        int | None,
+        None,
+        "Virtual tokens of prompt-like methods (prompt, prefix_tuning, p_tuning).",
+        min=1,
+    ),
+    Option(
+        "option",
+        list[str] | None,
+        None,
+        "Method option KEY=VALUE (repeatable), e.g. alpha=16.",
+        ("--option", "-o"),
+    ),
+)
+TASK_OPTIONS = (
+    Option(
+        "template",
+        str,
+        TASK_DEFAULTS.template,
+        "Prompt template with {src}; a typed \\n means a newline.",
+    ),
+    Option(
+        "field", list[str] | None, None, "Template field KEY=VALUE (repeatable), e.g. lang=German."
+    ),
+    Option("source_column", str, "source", "Source column / JSON key."),
+    Option("target_column", str, "target", "Target column / JSON key."),
+    Option(
+        "max_source_tokens", int, TASK_DEFAULTS.max_source_tokens, "Source cap (tokens).", min=1
+    ),
+    Option(
+        "max_target_tokens", int, TASK_DEFAULTS.max_target_tokens, "Target cap (tokens).", min=1
+    ),
+    Option(
+        "bleu_tokenize", str, TASK_DEFAULTS.bleu_tokenize, "sacrebleu tokenizer: 13a, zh, intl."
+    ),
+    Option(
+        "eval_set",
+        list[str] | None,
+        None,
+        "Extra eval set NAME=SOURCE (repeatable), e.g. fr-de=builtin:fr-de; scored before and "
+        "after training.",
+        ("--eval",),
+    ),
+    Option("shots", int, 0, "Demonstrations in each --eval prompt (0: zero-shot).", min=0),
+)
+OUTPUT_OPTIONS = (
+    Option("output", Path | None, None, "Append the record as one JSON line to this file."),
+    Option("as_json", bool, False, "Print the record as JSON.", ("--json",)),
+    Option("quiet", bool, False, "No progress or warnings on stderr.", ("--quiet", "-q")),
+)
+#: The training options: one per setting of the schema, under its short name (``--lr``).
+SETTING_OPTIONS = schema_options(
+    TrainConfig,
+    flag=setting_flag,
+    helps={"threads": "CPU threads (default: all usable cores)."},
+    panel="Training (the settings schema: ftscale.finetune.spec.TrainConfig)",
+    switches="Training switches",
+)
+
+
+def _finetune(**options: Any) -> None:
+    """Finetune one base model with one method; report test NLL per target token and more.
+
+    The run is built from the flags (or read with --job) as a run spec; --print-job shows it.
+    Exit 0 when the run finished, 1 when it failed (loss NaN/inf or out of memory; the record
+    says why), 2 for bad input (nothing run or written), 3 when the run finished but its record
+    could not be appended to --output (the record is printed instead).
+    """
+    from ftscale.finetune.spec import FinetuneJob
+
+    output = options["output"]
+    if output is not None:
+        check_output(output)
+    job_file = options["job_file"]
+    job = FinetuneJob.read(job_file) if job_file is not None else job_from_options(options)
+    if options["print_job"]:
+        typer.echo(job.printed())
+        return
+    record = _run(job, options["quiet"])
+    line = record.to_json()
+    saved = _append(output, line) if output is not None else None
+    if options["as_json"] or saved is False:
+        typer.echo(line)
+    else:
+        _print_summary(record)
+    if saved is False:
+        raise typer.Exit(RECORD_NOT_SAVED_EXIT)
+    if record.status != "ok":
+        raise typer.Exit(1)
+
+
+finetune_command = command(
+    _finetune,
+    in_panel("Run", JOB_OPTIONS),
+    in_panel("Task and eval sets", TASK_OPTIONS),
+    SETTING_OPTIONS,
+    in_panel("Output", OUTPUT_OPTIONS),
+)
+
+
+def _run(job, quiet: bool):
+    """The job's record, with the memory policy, quiet libraries and progress on stderr."""
+    from ftscale.finetune.memory import return_freed_memory
+    from ftscale.finetune.progress import make_progress
+    from ftscale.finetune.recipe import run_job
+
+    _quiet_library_logs()
+    return_freed_memory()
+    record = run_job(job, progress=make_progress(quiet))
+    if not quiet:
+        _warn(record)
+    return record
+
+
+def job_from_options(options: dict[str, Any]):
+    """The run spec from the command's options (a one-line error naming the flag at fault)."""
+    from ftscale.finetune.spec import DataSource, EvalSet, FinetuneJob, TaskConfig
+
+    required = ("model", "method", "train", "dev", "test")
+    missing = [f"--{name}" for name in required if options[name] is None]
+    if missing:
+        raise UserError(f"missing option {missing[0]} (or give a saved spec with --job)")
+    columns = {"source_column": options["source_column"], "target_column": options["target_column"]}
+    task = TaskConfig(
+        template=options["template"].replace("\\n", "\n"),
+        fields=_fields(options["field"]),
+        max_source_tokens=options["max_source_tokens"],
+        max_target_tokens=options["max_target_tokens"],
+        bleu_tokenize=options["bleu_tokenize"],
+    )
+    evals = tuple(EvalSet.parse(text, **columns) for text in options["eval_set"] or [])
+    if options["shots"] and not evals:
+        raise UserError("--shots applies to --eval sets; none given")
+    return FinetuneJob(
+        model=options["model"],
+        revision=options["revision"],
+        gguf_file=options["gguf_file"],
+        method=_method(options),
+        train=DataSource(options["train"], **columns),
+        dev=DataSource(options["dev"], **columns),
+        test=DataSource(options["test"], **columns),
+        task=task,
+        train_config=_settings(options),
+        evals=evals,
+        shots=options["shots"],
+    )
+
+
+def _settings(options: dict[str, Any]) -> TrainConfig:
+    """The training settings from their options; threads default to every usable core."""
+    from ftscale.common import usable_cores
+
+    values = {name: options[setting_flag(name)] for name in TrainConfig.model_fields}
+    if values["threads"] is None:
+        values["threads"] = usable_cores()
+    return TrainConfig.from_dict(
+        values, where=lambda name: "--" + setting_flag(name).replace("_", "-")
+    )
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -35,204 +216,6 @@ def _parse_option(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         value = raw
     return key, value
-
-
-def finetune_command(
-    model: Annotated[
-        str | None, typer.Option(help="Base model: local directory, .gguf file or hub id.")
-    ] = None,
-    method: Annotated[str | None, typer.Option(help=method_help() + ".")] = None,
-    train: Annotated[
-        str | None, typer.Option(help="Training pairs (JSONL/CSV/Parquet: source, target).")
-    ] = None,
-    dev: Annotated[
-        str | None, typer.Option(help="Dev pairs: pick the best state by dev NLL.")
-    ] = None,
-    test: Annotated[
-        str | None, typer.Option(help="Test pairs: NLL per target token, generation.")
-    ] = None,
-    job_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--job", help="Run a saved run spec (JSON from --print-job) instead of flags."
-        ),
-    ] = None,
-    print_job: Annotated[
-        bool, typer.Option("--print-job", help="Print the run spec and its key; do not run.")
-    ] = False,
-    revision: Annotated[
-        str | None, typer.Option(help="Hub revision (branch, tag, commit) of --model.")
-    ] = None,
-    rank: Annotated[
-        int | None, typer.Option(min=1, help="Rank of LoRA-like methods (lora, dora, loha, ...).")
-    ] = None,
-    prompt_length: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="Virtual tokens of prompt-like methods (prompt, prefix_tuning, p_tuning)."
-        ),
-    ] = None,
-    option: Annotated[
-        list[str] | None,
-        typer.Option("--option", "-o", help="Method option KEY=VALUE (repeatable), e.g. alpha=16."),
-    ] = None,
-    examples: Annotated[
-        int | None, typer.Option(min=1, help="D_f: training examples (default all).")
-    ] = None,
-    subset_seed: Annotated[
-        int, typer.Option(min=0, help="Seed of the nested training subset.")
-    ] = 0,
-    seed: Annotated[
-        int, typer.Option(min=0, help="Seed of initialisation, order and dropout.")
-    ] = 0,
-    max_steps: Annotated[
-        int | None, typer.Option(min=1, help="Optimizer steps (default from epochs).")
-    ] = None,
-    epochs: Annotated[float, typer.Option(help="Epochs when --max-steps is not given.")] = 5.0,
-    lr: Annotated[
-        str | None,
-        typer.Option(
-            help="Peak learning rate, or 'auto' for a short search on dev (default per method)."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Examples per optimizer step.")] = 16,
-    optimizer: Annotated[str, typer.Option(help="adamw or adafactor.")] = "adamw",
-    eval_every: Annotated[
-        int | None, typer.Option(min=1, help="Steps between dev checks.")
-    ] = None,
-    patience: Annotated[
-        int, typer.Option(min=0, help="Dev checks without gain before stopping; 0 off.")
-    ] = 3,
-    template: Annotated[
-        str, typer.Option(help="Prompt template with {src}; a typed \\n means a newline.")
-    ] = "{src} =",
-    field: Annotated[
-        list[str] | None,
-        typer.Option("--field", help="Template field KEY=VALUE (repeatable), e.g. lang=German."),
-    ] = None,
-    source_column: Annotated[str, typer.Option(help="Source column / JSON key.")] = "source",
-    target_column: Annotated[str, typer.Option(help="Target column / JSON key.")] = "target",
-    max_source_tokens: Annotated[int, typer.Option(min=1, help="Source cap (tokens).")] = 256,
-    max_target_tokens: Annotated[int, typer.Option(min=1, help="Target cap (tokens).")] = 256,
-    dev_examples: Annotated[
-        int | None,
-        typer.Option(min=1, help="Dev pairs used per check (fixed sample; default all)."),
-    ] = None,
-    gen_examples: Annotated[
-        int, typer.Option(min=0, help="Test sources to generate for; 0 none.")
-    ] = 64,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation cap (tokens).")] = 64,
-    bleu_tokenize: Annotated[str, typer.Option(help="sacrebleu tokenizer: 13a, zh, intl.")] = "13a",
-    eval_set: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--eval",
-            help="Extra eval set NAME=SOURCE (repeatable), e.g. fr-de=builtin:fr-de; scored "
-            "before and after training.",
-        ),
-    ] = None,
-    shots: Annotated[
-        int, typer.Option(min=0, help="Demonstrations in each --eval prompt (0: zero-shot).")
-    ] = 0,
-    eval_examples: Annotated[
-        int, typer.Option(min=1, help="Pairs scored per --eval set (a seeded sample).")
-    ] = 64,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads (default: all).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    gguf_file: Annotated[str | None, typer.Option(help="GGUF file inside --model.")] = None,
-    output: Annotated[
-        Path | None, typer.Option(help="Append the record as one JSON line to this file.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr.")
-    ] = False,
-) -> None:
-    """Finetune one base model with one method; report test NLL per target token and more.
-
-    The run is built from the flags (or read with --job) as a run spec; --print-job shows it.
-    Exit 0 when the run finished, 1 when it failed (loss NaN/inf or out of memory; the record
-    says why), 2 for bad input (nothing run or written), 3 when the run finished but its record
-    could not be appended to --output (the record is printed instead).
-    """
-    from ftscale.finetune.job import FinetuneJob, run_job
-
-    if output is not None:
-        check_output(output)
-    job = FinetuneJob.read(job_file) if job_file is not None else _job_from_flags(locals())
-    if print_job:
-        typer.echo(json.dumps({"key": job.key, "job": job.to_dict()}, indent=1, sort_keys=True))
-        return
-    _quiet_library_logs()
-    from ftscale.finetune.memory import return_freed_memory
-    from ftscale.finetune.progress import make_progress
-
-    return_freed_memory()
-    record = run_job(job, progress=make_progress(quiet))
-    if not quiet:
-        _warn(record)
-    line = record.to_json()
-    saved = _append(output, line) if output is not None else None
-    if as_json or saved is False:
-        typer.echo(line)
-    else:
-        _print_summary(record)
-    if saved is False:
-        raise typer.Exit(RECORD_NOT_SAVED_EXIT)
-    if record.status != "ok":
-        raise typer.Exit(1)
-
-
-def _job_from_flags(flags: dict[str, Any]):
-    """The run spec from the command's flags (``locals()`` of :func:`finetune_command`)."""
-    from ftscale.common import usable_cores
-    from ftscale.finetune.job import DataSource, EvalSet, FinetuneJob
-    from ftscale.finetune.tasks import TaskConfig
-    from ftscale.finetune.train import TrainConfig
-
-    required = ("model", "method", "train", "dev", "test")
-    missing = [f"--{name}" for name in required if flags[name] is None]
-    if missing:
-        raise UserError(f"missing option {missing[0]} (or give a saved spec with --job)")
-    epochs = flags["epochs"]
-    if not (math.isfinite(epochs) and epochs > 0):
-        raise UserError(f"--epochs {epochs!r}: expected a positive number")
-    columns = {"source_column": flags["source_column"], "target_column": flags["target_column"]}
-    task = TaskConfig(
-        template=flags["template"].replace("\\n", "\n"),
-        fields=_fields(flags["field"]),
-        max_source_tokens=flags["max_source_tokens"],
-        max_target_tokens=flags["max_target_tokens"],
-        bleu_tokenize=flags["bleu_tokenize"],
-    )
-    names = ("examples", "subset_seed", "seed", "optimizer", "batch_size", "max_steps")
-    names += ("eval_every", "dev_examples", "gen_examples", "max_new_tokens", "device")
-    names += ("eval_examples",)
-    config = TrainConfig(
-        **{name: flags[name] for name in names},
-        epochs=epochs,
-        learning_rate=_learning_rate(flags["lr"]),
-        patience=flags["patience"] or None,
-        threads=flags["threads"] if flags["threads"] is not None else usable_cores(),
-    )
-    evals = tuple(EvalSet.parse(text, **columns) for text in flags["eval_set"] or [])
-    if flags["shots"] and not evals:
-        raise UserError("--shots applies to --eval sets; none given")
-    return FinetuneJob(
-        model=flags["model"],
-        revision=flags["revision"],
-        gguf_file=flags["gguf_file"],
-        method=_method(flags),
-        train=DataSource(flags["train"], **columns),
-        dev=DataSource(flags["dev"], **columns),
-        test=DataSource(flags["test"], **columns),
-        task=task,
-        train_config=config,
-        evals=evals,
-        shots=flags["shots"],
-    )
 
 
 def _fields(texts: list[str] | None) -> dict[str, str]:
@@ -298,29 +281,16 @@ def _warn(record) -> None:
         )
 
 
-def _learning_rate(text: str | None) -> float | str | None:
-    """--lr: a positive number or ``auto``."""
-    if text is None or text.strip().lower() == "auto":
-        return None if text is None else "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"--lr {text!r}: expected a positive number or 'auto'") from None
-    if not (math.isfinite(value) and value > 0):
-        raise UserError(f"--lr {text!r}: expected a positive number or 'auto'")
-    return value
-
-
-def _method(flags: dict[str, Any]):
+def _method(options: dict[str, Any]):
     """The method config from --method, --option and the size flags (--rank for LoRA-like
     methods, --prompt-length for prompt-like ones), all resolved by the method registry."""
     from ftscale.finetune.methods import make_method, size_option
 
-    options: dict[str, Any] = dict(_parse_option(text) for text in flags["option"] or [])
-    for flag, value in (("rank", flags["rank"]), ("prompt-length", flags["prompt_length"])):
+    chosen: dict[str, Any] = dict(_parse_option(text) for text in options["option"] or [])
+    for flag, value in (("rank", options["rank"]), ("prompt-length", options["prompt_length"])):
         if value is not None:
-            options.update(size_option(flags["method"], flag, value))
-    return make_method(flags["method"], **options)
+            chosen.update(size_option(options["method"], flag, value))
+    return make_method(options["method"], **chosen)
 
 
 def _quiet_library_logs() -> None:

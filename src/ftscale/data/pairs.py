@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ftscale.data.tables import read_table, require_columns
@@ -60,3 +62,18 @@ def pairs_from_frame(
                 raise UserError(f"{origin}: row {row}: {column!r} is {value!r}, expected text")
         pairs.append(Pair(src, tgt))
     return pairs
+
+
+def nested_subset(pairs: Sequence[Pair], n: int, subset_seed: int) -> list[Pair]:
+    """The first ``n`` examples of a random order of ``pairs`` fixed by ``subset_seed``.
+
+    Nested: for one seed, the ``n``-subset is contained in every larger subset (it is a prefix of
+    the same permutation). The order depends only on ``len(pairs)`` and the seed. Raises a one-line
+    :class:`~ftscale.errors.UserError` when ``n`` is not in ``1..len(pairs)``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise UserError(f"examples must be a positive integer, got {n!r}")
+    if n > len(pairs):
+        raise UserError(f"examples {n} is larger than the training data ({len(pairs)} pairs)")
+    order = np.random.default_rng(subset_seed).permutation(len(pairs))
+    return [pairs[i] for i in order[:n]]

@@ -103,6 +103,7 @@ def mean_nll(
     model: torch.nn.Module,
     encoded: Encoded,
     pad_id: int,
+    *,
     device: torch.device | str = "cpu",
     fast: bool = True,
     tokens_per_batch: int = 8192,
@@ -122,7 +123,7 @@ def mean_nll(
     try:
         for indices in sorted_batches(encoded.lengths, tokens_per_batch, max_batch):
             input_ids, labels, _ = collate(encoded, indices, pad_id)
-            with _autocast(device, autocast_dtype):
+            with autocast(device, autocast_dtype):
                 nll, n = target_nll(model, input_ids.to(device), labels.to(device), fast=fast)
             total += nll.double().cpu()
             count += n
@@ -131,7 +132,8 @@ def mean_nll(
     return float(total / max(count, 1)), count
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """An autocast context for ``dtype`` on ``device`` (``None``: autocast off, plain float32)."""
     if dtype is None:
         return torch.autocast(device_type=device.type, enabled=False)
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -170,7 +172,7 @@ def greedy_generate(
             input_ids, attention = _left_padded(encoded, batch, pad_id)
             longest = input_ids.shape[1]
             room = max_new_tokens if context is None else min(max_new_tokens, context - longest)
-            with _autocast(device, autocast_dtype):
+            with autocast(device, autocast_dtype):
                 output = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention.to(device),

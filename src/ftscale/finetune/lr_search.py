@@ -1,33 +1,32 @@
-"""``learning_rate = "auto"``: a short, seeded learning-rate search on the dev set.
+"""``learning_rate = "auto"``: what a learning-rate search tries, how it chooses, and which runs
+share one (torch-free; the search itself trains through :func:`ftscale.finetune.recipe.
+search_learning_rate`, the one place "auto" becomes a rate).
 
-Each candidate rate of a small log grid (per method, :data:`SEARCH_GRIDS`) trains the job's model
-for a short budget with the job's data, seed and schedule shape, and is scored by its best mean dev
-NLL per target token. The rate with the lowest score wins; ties go to the smaller rate. When no
-candidate improves on the base model's dev NLL, the smallest rate is chosen and the search says so
-(``improved = False``). Candidates skip generation and test scoring, so a search costs about
-``len(grid) * steps`` training steps plus one dev check per step budget.
+Each candidate rate of the method's grid (:attr:`ftscale.finetune.methods.Method.search_grid`)
+trains the job's model for a short budget with the job's data, seed and schedule shape, and is
+scored by its best mean dev NLL per target token. The rate with the lowest score wins; ties go to
+the smaller rate. When no candidate improves on the base model's dev NLL, the smallest rate is
+chosen and the search says so (``improved = False``). Candidates skip generation and test scoring,
+so a search costs about ``len(grid) * steps`` training steps plus one dev check per step budget.
 
 Why a search: the study's rates (prompt 3e-1, LoRA 1e-2, FMT 1e-3 with Adafactor; Zhang et al.,
 ICLR 2024) and ftscale's defaults (measured on tiny Llama rungs) are too high for real pretrained
 models under AdamW: SmolLM2-135M LoRA at 1.5e-2 never beat its base model, at 1e-3 it did.
+
+A study searches once per method and base model (:func:`search_group`) on one representative job
+(:func:`representative`) and gives every run of the group the chosen rate.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: Candidate peak learning rates per method (AdamW). Each spans about two decades below the
-#: tiny-ladder default, because pretrained models want smaller steps than freshly trained rungs.
-SEARCH_GRIDS: dict[str, tuple[float, ...]] = {  # names as in the method registry
-    "fmt": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
-    "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-    "prompt": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
-}
-#: Grid for methods without their own (other PEFT methods).
-DEFAULT_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+from ftscale.finetune.spec import TrainConfig
+
 #: Optimizer steps per candidate: a quarter of the run's budget, within these bounds.
 MIN_SEARCH_STEPS, MAX_SEARCH_STEPS = 10, 60
 
@@ -53,67 +52,50 @@ class LearningRateSearch:
         }
 
 
-def search_grid(method_name: str) -> tuple[float, ...]:
-    """The candidate rates for a method."""
-    return SEARCH_GRIDS.get(method_name, DEFAULT_GRID)
-
-
 def search_steps(total_steps: int) -> int:
     """Steps per candidate for a run of ``total_steps`` steps."""
     return max(1, min(total_steps, max(MIN_SEARCH_STEPS, min(MAX_SEARCH_STEPS, total_steps // 4))))
 
 
-def search_learning_rate(
-    base: Any, tokenizer: Any, inputs: Any, progress: Any = None
+def candidate_config(config: TrainConfig, rate: float, steps: int) -> TrainConfig:
+    """The settings one candidate trains with: the run's, at ``rate``, for ``steps`` steps with a
+    single dev check at the end, no early stop and no generation."""
+    return config.replace(
+        learning_rate=rate,
+        examples=None,
+        max_steps=steps,
+        eval_every=steps,
+        patience=None,
+        gen_examples=0,
+    )
+
+
+def choose(
+    grid: Sequence[float], scores: Sequence[float | None], steps: int, base: float | None
 ) -> LearningRateSearch:
-    """Search the learning rate for one run (see the module docs).
-
-    ``base`` is the loaded base model (loaded once per search: each candidate trains a copy, so
-    ``base`` is left as it was); ``inputs`` the run's :class:`~ftscale.finetune.train.RunInputs`
-    (``train`` already the D_f subset, ``config.learning_rate = "auto"``).
-    """
-    import copy
-
-    from ftscale.finetune.train import run_loaded
-
-    config = inputs.config
-    steps = search_steps(config.total_steps(len(inputs.train)))
-    grid = search_grid(inputs.method.name)
-    scores: list[float | None] = []
-    base_nll: float | None = None
-    for rate in grid:
-        trial = dataclasses.replace(
-            config,
-            learning_rate=rate,
-            examples=None,
-            max_steps=steps,
-            eval_every=steps,
-            patience=None,
-            gen_examples=0,
-        )
-        short = dataclasses.replace(inputs, config=trial, test=inputs.dev[:1], evals=())
-        record = run_loaded(copy.deepcopy(base), tokenizer, "", short, progress=progress).record
-        base_nll = record.initial_dev_nll if base_nll is None else base_nll
-        ok = record.status == "ok" and record.best_dev_nll is not None
-        scores.append(record.best_dev_nll if ok and math.isfinite(record.best_dev_nll) else None)
-    finite = [(score, rate) for score, rate in zip(scores, grid, strict=True) if score is not None]
+    """The search's outcome from each candidate's best dev NLL (``None``: it diverged)."""
+    finite = [
+        (score, rate)
+        for score, rate in zip(scores, grid, strict=True)
+        if score is not None and math.isfinite(score)
+    ]
     best_score, chosen = min(finite) if finite else (None, grid[0])
-    improved = best_score is not None and base_nll is not None and best_score < base_nll
+    improved = best_score is not None and base is not None and best_score < base
     if not improved:
         chosen = grid[0]
-    return LearningRateSearch(tuple(grid), tuple(scores), steps, chosen, base_nll, improved)
+    return LearningRateSearch(tuple(grid), tuple(scores), steps, chosen, base, improved)
 
 
-def search_job(job: Any, progress: Any = None) -> LearningRateSearch:
-    """The learning-rate search of a :class:`~ftscale.finetune.job.FinetuneJob` (its data, D_f
-    subset, model and settings), as the study runs it once per method and base model."""
-    from ftscale.finetune.job import load_splits
-    from ftscale.finetune.tasks import nested_subset
-    from ftscale.finetune.train import RunInputs, load_model
+def search_group(method: str, job: Any) -> str:
+    """The group whose runs share one search: the study's method (its ``[methods]`` name, so
+    ``lora`` and ``dora`` search apart) and the job's base model."""
+    return f"{method}|{job.model}|{job.revision or ''}"
 
-    config = job.train_config
-    train, dev, test = load_splits(job)
-    subset = nested_subset(train, config.examples or len(train), config.subset_seed)
-    base, tokenizer, _ = load_model(job.model, None, job.gguf_file, job.revision, copy_model=False)
-    inputs = RunInputs(job.method, subset, dev, test, config, job.task)
-    return search_learning_rate(base, tokenizer, inputs, progress=progress)
+
+def representative(jobs: Sequence[Any]) -> Any:
+    """The job a group's search runs on: the median D_f (the upper one of two), first subset
+    seed."""
+    sizes = sorted({j.train_config.examples or 0 for j in jobs})
+    middle = sizes[len(sizes) // 2]
+    same = [j for j in jobs if (j.train_config.examples or 0) == middle]
+    return min(same, key=lambda j: j.train_config.subset_seed)

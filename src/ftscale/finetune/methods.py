@@ -39,13 +39,24 @@ from ftscale.errors import UserError
 #: Projection names of Llama-style attention and feed-forward blocks (LoRA's default targets).
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-#: Default peak learning rates (AdamW) per method. They keep the study's order (Zhang et al., ICLR
-#: 2024, with Adafactor: prompt 3e-1, LoRA 1e-2, FMT 1e-3) scaled to freshly pretrained tiny Llama
-#: rungs, where they were measured on this project's CPU pilot (width 48-128: test NLL fell for
-#: every method and size). Real pretrained models want rates 10x lower under AdamW: use --lr auto.
+#: Default peak learning rates (AdamW) of the built-in methods. They keep the study's order (Zhang
+#: et al., ICLR 2024, with Adafactor: prompt 3e-1, LoRA 1e-2, FMT 1e-3) scaled to freshly
+#: pretrained tiny Llama rungs, where they were measured on this project's CPU pilot (width 48-128:
+#: test NLL fell for every method and size). Real pretrained models want rates 10x lower under
+#: AdamW: use --lr auto.
 DEFAULT_LEARNING_RATES = {"fmt": 3e-3, "lora": 1.5e-2, "prompt": 1e-1}
 #: Learning rate for other PEFT methods when the user gives none.
 DEFAULT_PEFT_LEARNING_RATE = 1e-2
+#: Candidate peak rates (AdamW) of ``--lr auto`` per built-in method. Each spans about two decades
+#: below the tiny-ladder default, because pretrained models want smaller steps than freshly
+#: trained rungs (SmolLM2-135M LoRA at 1.5e-2 never beat its base model, at 1e-3 it did).
+SEARCH_GRIDS: dict[str, tuple[float, ...]] = {
+    "fmt": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
+    "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    "prompt": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+}
+#: The grid of other PEFT methods.
+DEFAULT_SEARCH_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,11 @@ class MethodConfig:
         """Learning rate used when the training config gives none (per method, see module doc)."""
         return self.entry.default_learning_rate
 
+    @property
+    def trains_base(self) -> bool:
+        """Whether every weight of the base model trains (full-model tuning)."""
+        return self.entry.trains_base
+
     def __hash__(self) -> int:  # options is a dict; hash its canonical JSON
         return hash((self.name, json.dumps(self.options, sort_keys=True, default=str)))
 
@@ -99,6 +115,8 @@ class Method:
     ``r``, ``num_virtual_tokens``) and ``size_flag`` the CLI flag that sets it (``rank`` or
     ``prompt-length``); ``default_size`` is used when the option is absent; ``prepends`` says the
     size is a count of positions prepended to the input (prompt tuning, P-tuning).
+    ``search_grid`` holds the candidate rates of ``--lr auto``; ``trains_base`` says every base
+    weight trains (full-model tuning) rather than new parameters beside a frozen base.
     """
 
     name: str
@@ -111,6 +129,8 @@ class Method:
     size_flag: str | None = None
     default_size: int | None = None
     prepends: bool = False
+    search_grid: tuple[float, ...] = DEFAULT_SEARCH_GRID
+    trains_base: bool = False
 
     def size(self, options: dict[str, Any]) -> int | None:
         """The size from ``options`` (or the default); ``None`` when the method has none."""
@@ -401,9 +421,11 @@ register_method(
         _apply_fmt,
         DEFAULT_LEARNING_RATES["fmt"],
         aliases=("full", "full-model"),
+        search_grid=SEARCH_GRIDS["fmt"],
+        trains_base=True,
     )
 )
-register_method(
+_LORA = register_method(
     Method(
         "lora",
         "LoRA: low-rank pairs B.A on the attention and feed-forward projections",
@@ -413,18 +435,15 @@ register_method(
         size_option="rank",
         size_flag="rank",
         default_size=4,
+        search_grid=SEARCH_GRIDS["lora"],
     )
 )
 register_method(
-    Method(
-        "dora",
-        "DoRA: LoRA with weight decomposition (lora with use_dora=true)",
-        _make_dora,
-        _apply_lora,
-        DEFAULT_LEARNING_RATES["lora"],
-        size_option="rank",
-        size_flag="rank",
-        default_size=4,
+    dataclasses.replace(
+        _LORA,
+        name="dora",
+        summary="DoRA: LoRA with weight decomposition (lora with use_dora=true)",
+        make=_make_dora,
     )
 )
 register_method(
@@ -439,6 +458,7 @@ register_method(
         size_flag="prompt-length",
         default_size=20,
         prepends=True,
+        search_grid=SEARCH_GRIDS["prompt"],
     )
 )
 ALIASES.update({"prefix": "prefix_tuning", "ptuning": "p_tuning"})

@@ -1,84 +1,26 @@
-"""Task data for finetuning: prompt template, tokenisation, nested subsets, length-grouped batches.
+"""Task data for finetuning: tokenisation to the template, length-grouped batches, collation.
 
-An example is the prompt (the template filled with the source) followed by the target and an end
-token; the loss covers the target and end tokens only. Prompt and target are tokenised separately
-and their ids concatenated, so the boundary between them is exact whatever the tokenizer.
+The template is :class:`~ftscale.finetune.spec.TaskConfig`. An example is the prompt (the template
+filled with the source) followed by the target and an end token; the loss covers the target and
+end tokens only. Prompt and target are tokenised separately and their ids concatenated, so the
+boundary between them is exact whatever the tokenizer.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ftscale.data.pairs import Pair
 from ftscale.errors import UserError
+from ftscale.finetune.spec import TaskConfig
 
 #: Templates of the study's two task kinds ({src} is the source text).
 TRANSLATION_TEMPLATE = "English: {src}\nGerman:"
 SUMMARY_TEMPLATE = "Summarize the following document in {lang}: {src}"
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    """How pairs become token sequences.
-
-    ``template`` is a ``str.format`` pattern with ``{src}`` and optionally other fields filled from
-    ``fields`` (e.g. ``{lang}``). ``target_prefix`` goes between the prompt and the target (a
-    space by default, so the target starts as a new word). Sources longer than
-    ``max_source_tokens`` tokens and targets longer than ``max_target_tokens`` tokens are cut
-    (the end is dropped) and counted. ``add_bos``/``add_eos`` prepend the tokenizer's begin token /
-    append its end token when it has one; the end token is part of the target so the model
-    learns to stop. ``bleu_tokenize`` is sacrebleu's BLEU tokenizer for the target language
-    (``13a``; ``zh`` for Chinese, ``ja-mecab`` needs extras).
-    """
-
-    template: str = "{src} ="
-    fields: dict[str, str] = field(default_factory=dict)
-    target_prefix: str = " "
-    max_source_tokens: int = 256
-    max_target_tokens: int = 256
-    add_bos: bool = True
-    add_eos: bool = True
-    bleu_tokenize: str = "13a"
-
-    def __post_init__(self) -> None:
-        try:
-            parsed = list(string.Formatter().parse(self.template))
-        except ValueError as exc:
-            raise UserError(f"template {self.template!r}: not a format string: {exc}") from None
-        names = {name for _, name, _, _ in parsed if name is not None}
-        if any(not name.isidentifier() for name in names):
-            bad = sorted(n for n in names if not n.isidentifier())[0]
-            raise UserError(f"template {self.template!r}: {{{bad}}} is not a field name")
-        if "src" not in names:
-            raise UserError(f"template {self.template!r}: must contain {{src}}")
-        missing = sorted(names - {"src"} - set(self.fields))
-        if missing:
-            raise UserError(f"template {self.template!r}: no value for field {{{missing[0]}}}")
-        for name in ("max_source_tokens", "max_target_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
-        tokenizers = bleu_tokenizers()
-        if self.bleu_tokenize not in tokenizers:
-            raise UserError(
-                f"bleu_tokenize {self.bleu_tokenize!r} unknown (sacrebleu has: "
-                f"{', '.join(tokenizers)})"
-            )
-
-    def __hash__(self) -> int:  # fields is a dict; hash it as sorted items
-        values = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "fields"]
-        return hash((tuple(values), tuple(sorted(self.fields.items()))))
-
-    def prompt(self, source: str) -> str:
-        """The model input for one source text (the template filled in)."""
-        return self.template.format(src=source, **self.fields)
 
 
 @dataclass
@@ -109,13 +51,6 @@ class Encoded:
     def target_tokens(self) -> int:
         """Number of tokens that carry loss (targets plus end tokens)."""
         return sum(len(x) - p for x, p in zip(self.ids, self.prompt_lengths, strict=True))
-
-
-def bleu_tokenizers() -> list[str]:
-    """sacrebleu's BLEU tokenizer names (``13a``, ``zh``, ``intl``, ...)."""
-    from sacrebleu.metrics.bleu import BLEU
-
-    return list(BLEU.TOKENIZERS)
 
 
 def check_pairs(pairs: Sequence[Pair], split: str) -> None:
@@ -225,21 +160,6 @@ def _truncate_prompt(tokenizer, task: TaskConfig, source: str, cap: int) -> list
         keep -= 1
 
 
-def nested_subset(pairs: Sequence[Pair], n: int, subset_seed: int) -> list[Pair]:
-    """The first ``n`` examples of a random order of ``pairs`` fixed by ``subset_seed``.
-
-    Nested: for one seed, the ``n``-subset is contained in every larger subset (it is a prefix of
-    the same permutation). The order depends only on ``len(pairs)`` and the seed. Raises a one-line
-    :class:`~ftscale.errors.UserError` when ``n`` is not in ``1..len(pairs)``.
-    """
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise UserError(f"examples must be a positive integer, got {n!r}")
-    if n > len(pairs):
-        raise UserError(f"examples {n} is larger than the training data ({len(pairs)} pairs)")
-    order = np.random.default_rng(subset_seed).permutation(len(pairs))
-    return [pairs[i] for i in order[:n]]
-
-
 def length_grouped_batches(
     lengths: Sequence[int], batch_size: int, rng: np.random.Generator, group: int = 50
 ) -> list[list[int]]:
@@ -294,8 +214,3 @@ def collate(
         labels[row, start : len(ids)] = input_ids[row, start : len(ids)]
         real += len(ids)
     return input_ids, labels, real
-
-
-def steps_per_epoch(examples: int, batch_size: int) -> int:
-    """Optimizer steps in one pass over ``examples`` examples (the last batch may be short)."""
-    return math.ceil(examples / batch_size)

@@ -33,7 +33,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import ftscale
-from ftscale.common import first_line
+from ftscale.common import first_line, validation_problems
 from ftscale.errors import UserError
 
 #: Version of the on-disk ladder layout and of the pretraining code; part of every cache key.
@@ -194,21 +194,7 @@ def parse_config(raw: dict, origin: str = "ladder") -> LadderConfig:
     try:
         return LadderConfig.model_validate(raw)
     except ValidationError as exc:
-        # Every problem on the one line, unknown keys first: a misspelt key ("tokenz") also
-        # makes the real one look missing, and the typo is the cause worth reading.
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        problems = []
-        for err in errors:
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            value = err.get("input")
-            shown = (
-                f" (got {value!r})"
-                if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict)
-                else ""
-            )
-            problems.append(f"{where}: {msg}{shown}")
-        raise UserError(f"{origin}: {'; '.join(problems)}") from None
+        raise UserError(f"{origin}: {validation_problems(exc.errors())}") from None
 
 
 def cache_root(override: str | Path | None = None) -> Path:

@@ -4,7 +4,8 @@ Data: the pretraining documents are tokenized, joined with the end-of-text token
 documents and cut into blocks of ``seq_len`` tokens; every rung of a ladder sees the same blocks in
 the same order (one seed), so rungs differ only in shape. A step consumes ``batch_size * seq_len``
 tokens; ``tokens_seen`` counts those. Optimiser: AdamW (betas 0.9/0.95, weight decay on matrices),
-linear warm-up then cosine decay to ``min_lr_ratio * lr``, gradient clipping at 1.0.
+linear warm-up then cosine decay to ``min_lr_ratio * lr``
+(:func:`ftscale.schedules.warmup_cosine`), gradient clipping at 1.0.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ftscale.errors import UserError
-from ftscale.sizes import parameter_counts
+from ftscale.schedules import warmup_cosine
+from ftscale.sizes import ParameterCounts, parameter_counts
 
 
 @dataclass
@@ -143,14 +145,13 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     return parameter_counts(model).to_dict()
 
 
-def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float) -> float:
-    """Learning rate at optimiser step ``step`` (0-based): linear warm-up over ``warmup_steps``,
-    then cosine from ``lr`` down to ``min_lr_ratio * lr`` at ``total_steps``."""
-    if warmup_steps and step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+def shape_parameter_counts(shape: Shape, vocab_size: int, seq_len: int) -> ParameterCounts:
+    """Parameter counts of a rung before it is built: the model of :func:`llama_config` made on
+    the meta device (shapes only, no memory, no weights), counted by the one definition,
+    :func:`ftscale.sizes.parameter_counts`, that the built ladder's manifest uses too."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(llama_config(shape, vocab_size, seq_len))
+    return parameter_counts(model)
 
 
 @torch.no_grad()
@@ -231,65 +232,80 @@ def pretrain(
         torch.set_num_threads(threads)
     try:
         torch.manual_seed(recipe.seed)
-        config = llama_config(shape, len(tokenizer), recipe.seq_len, tokenizer)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(llama_config(shape, len(tokenizer), recipe.seq_len, tokenizer))
         model.train()
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": recipe.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=recipe.lr, betas=(0.9, 0.95), eps=1e-8,
-        )
-        total_steps = recipe.total_steps
-        warmup = int(recipe.warmup_fraction * total_steps)
-        ckpt_steps = set(recipe.checkpoint_steps())
-        gen = torch.Generator().manual_seed(recipe.seed)
-        perm = torch.randperm(len(data.train), generator=gen)
-        cursor = 0
-        recent: list[float] = []
-        train_time = 0.0
-        record: dict = {}
-        for step in range(total_steps):
-            t0 = time.perf_counter()
-            if cursor + recipe.batch_size > len(perm):
-                perm = torch.randperm(len(data.train), generator=gen)
-                cursor = 0
-            idx = perm[cursor : cursor + recipe.batch_size]
-            cursor += recipe.batch_size
-            batch = data.train[idx]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total_steps, recipe.lr, warmup, recipe.min_lr_ratio)
-            logits = model(input_ids=batch).logits[:, :-1]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise UserError(f"pretraining diverged at step {step + 1} (loss {value}): lower lr")
-            recent = [*recent[-19:], value]
-            train_time += time.perf_counter() - t0
-            done = step + 1
-            if on_progress is not None:
-                on_progress(done * recipe.tokens_per_step, value)
-            if done in ckpt_steps:
-                tokens_seen = done * recipe.tokens_per_step
-                record = {
-                    "step": done,
-                    "tokens_seen": tokens_seen,
-                    "train_loss": sum(recent) / len(recent),
-                    "val_loss": eval_loss(model, data.val),
-                    "wall_s": train_time,
-                    "tokens_per_s": tokens_seen / train_time if train_time else 0.0,
-                    "threads": torch.get_num_threads(),
-                }
-                save(model, done, record)
-        return record
+        return _train(model, _optimizer(model, recipe), recipe, data, save, on_progress)
     finally:
         torch.set_num_threads(previous_threads)
 
 
+def _optimizer(model: torch.nn.Module, recipe: PretrainRecipe) -> torch.optim.AdamW:
+    """AdamW (betas 0.9/0.95) with weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr, betas=(0.9, 0.95), eps=1e-8,
+    )
+
+
+def _batches(data: TokenData, recipe: PretrainRecipe) -> Iterator[torch.Tensor]:
+    """Training batches forever: the blocks in a seeded random order, a new order each pass."""
+    gen = torch.Generator().manual_seed(recipe.seed)
+    while True:
+        perm = torch.randperm(len(data.train), generator=gen)
+        # every full batch of the order (the whole order when it is shorter than one batch)
+        for start in range(0, max(1, len(perm) - recipe.batch_size + 1), recipe.batch_size):
+            yield data.train[perm[start : start + recipe.batch_size]]
+
+
+def _train(model, opt, recipe: PretrainRecipe, data: TokenData, save, on_progress) -> dict:
+    """The training loop: one step per batch, a checkpoint (saved) at each checkpoint step."""
+    total_steps = recipe.total_steps
+    warmup = int(recipe.warmup_fraction * total_steps)
+    ckpt_steps = set(recipe.checkpoint_steps())
+    recent: list[float] = []
+    train_time = 0.0
+    record: dict = {}
+    for step, batch in zip(range(total_steps), _batches(data, recipe), strict=False):
+        t0 = time.perf_counter()
+        rate = warmup_cosine(step, total_steps, recipe.lr, warmup, recipe.min_lr_ratio)
+        value = _step(model, opt, batch, rate)
+        if not math.isfinite(value):
+            raise UserError(f"pretraining diverged at step {step + 1} (loss {value}): lower lr")
+        recent = [*recent[-19:], value]
+        train_time += time.perf_counter() - t0
+        done = step + 1
+        if on_progress is not None:
+            on_progress(done * recipe.tokens_per_step, value)
+        if done in ckpt_steps:
+            record = _checkpoint_record(model, data, done * recipe.tokens_per_step, recent)
+            record = {"step": done, **record, "wall_s": train_time}
+            record["tokens_per_s"] = record["tokens_seen"] / train_time if train_time else 0.0
+            record["threads"] = torch.get_num_threads()
+            save(model, done, record)
+    return record
+
+
+def _step(model, opt, batch: torch.Tensor, rate: float) -> float:
+    """One optimizer step of next-token loss on ``batch``; returns the loss (nats/token)."""
+    for group in opt.param_groups:
+        group["lr"] = rate
+    logits = model(input_ids=batch).logits[:, :-1]
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+    )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return float(loss.detach())
+
+
+def _checkpoint_record(model, data: TokenData, tokens_seen: int, recent: list[float]) -> dict:
+    return {
+        "tokens_seen": tokens_seen,
+        "train_loss": sum(recent) / len(recent),
+        "val_loss": eval_loss(model, data.val),
+    }

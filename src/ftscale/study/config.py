@@ -19,9 +19,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from ftscale.common import validation_problems
 from ftscale.errors import UserError
+from ftscale.finetune.methods import canonical_name, get_method
+from ftscale.finetune.spec import TASK_DEFAULTS, TrainConfig, study_train_fields
 
 #: Prefix of the study files shipped inside the package (``builtin:quickstart``).
 BUILTIN_PREFIX = "builtin:"
@@ -48,17 +59,17 @@ class TaskSection(_Strict):
     source_column: str = "source"
     target_column: str = "target"
     group: str | None = None
-    template: str = "{src} ="
-    max_source_tokens: PositiveInt = 256
-    max_target_tokens: PositiveInt = 256
+    template: str = TASK_DEFAULTS.template
+    max_source_tokens: PositiveInt = TASK_DEFAULTS.max_source_tokens
+    max_target_tokens: PositiveInt = TASK_DEFAULTS.max_target_tokens
     test_examples: PositiveInt | None = None
     shots: Annotated[int, Field(ge=0)] = 0
-    eval_examples: PositiveInt = 64
+    eval_examples: PositiveInt = TrainConfig.model_fields["eval_examples"].default
 
 
 class EvalSection(_Strict):
     """An extra evaluation set (zero/few-shot generalisation), scored for the base model and for
-    every finetuned one (see :class:`ftscale.finetune.job.EvalSet`): a task such as
+    every finetuned one (see :class:`ftscale.finetune.spec.EvalSet`): a task such as
     ``builtin:fr-de`` is scored on its test split, a file on a seeded sample of its rows. How
     many pairs are scored and how many demonstrations precede each are ``[task] eval_examples``
     and ``[task] shots``."""
@@ -130,44 +141,35 @@ class ExamplesSection(_Strict):
         return sorted(self.per_method.get(method, self.sizes))
 
 
-class TrainSection(_Strict):
-    """Training settings of every run (:class:`ftscale.finetune.train.TrainConfig` fields).
-    ``lr`` is a rate, ``"auto"`` (one search per method and base model, reused for its sweep), or
-    a table per method; omitted = each method's default rate."""
+class _TrainBase(_Strict):
+    """Training settings of every run: the fields of :class:`ftscale.finetune.spec.TrainConfig`
+    (generated from it, :func:`~ftscale.finetune.spec.study_train_fields`) that a study sets for
+    all its runs. ``lr`` is a rate, ``"auto"`` (one search per method and base model, reused for
+    its sweep), or a table per method; omitted = each method's default rate."""
 
-    lr: float | Literal["auto"] | dict[str, float | Literal["auto"]] | None = None
-    optimizer: Literal["adamw", "adafactor"] = "adamw"
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    batch_size: PositiveInt = 16
-    epochs: Annotated[float, Field(gt=0)] = 5.0
-    min_steps: PositiveInt = 50
-    max_steps: PositiveInt | None = None
-    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    final_lr_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
-    evals: PositiveInt = 10
-    eval_every: PositiveInt | None = None
-    patience: PositiveInt | None = 3
-    dev_examples: PositiveInt | None = 150
-    gen_examples: Annotated[int, Field(ge=0)] = 32
-    max_new_tokens: PositiveInt = 64
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = True
-
-    @field_validator("lr")
-    @classmethod
-    def _positive_rate(cls, value):
-        rates = value.values() if isinstance(value, dict) else [value]
-        for rate in rates:
-            if isinstance(rate, float) and not rate > 0:
-                raise ValueError(f"learning rate must be positive, got {rate}")
-        return value
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     def rate_for(self, method: str) -> float | str | None:
         """The learning rate setting of ``method``."""
         if isinstance(self.lr, dict):
             return self.lr.get(method)
         return self.lr
+
+    def settings_for(
+        self, method: str, *, examples: int, subset_seed: int, eval_examples: int
+    ) -> TrainConfig:
+        """The :class:`~ftscale.finetune.spec.TrainConfig` of one run of ``method``."""
+        values = self.model_dump(exclude={"lr"})
+        return TrainConfig(
+            **values,
+            learning_rate=self.rate_for(method),
+            examples=examples,
+            subset_seed=subset_seed,
+            eval_examples=eval_examples,
+        )
+
+
+TrainSection = create_model("TrainSection", __base__=_TrainBase, **study_train_fields())
 
 
 class AnalysisSection(_Strict):
@@ -229,6 +231,14 @@ class StudyConfig(_Strict):
     analysis: AnalysisSection = AnalysisSection()
     run: RunSection = RunSection()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_method_names(cls, raw: Any) -> Any:
+        """Every method name in the file as the registry spells it (``full`` -> ``fmt``,
+        ``prompt-tuning`` -> ``prompt``), so the analysis, the store and the findings see one
+        name per method."""
+        return canonical_methods(raw) if isinstance(raw, dict) else raw
+
     @field_validator("methods")
     @classmethod
     def _some_methods(cls, methods: dict) -> dict:
@@ -256,29 +266,6 @@ class StudyConfig(_Strict):
         if dup:
             raise ValueError(f"evals: name {dup[0]!r} used twice")
         return self
-
-
-def _problems(exc: ValidationError) -> str:
-    """Every validation problem on one line, unknown keys first (a misspelt key also makes the
-    real one look missing, and the typo is the cause worth reading)."""
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    out = []
-    for err in errors:
-        where = (
-            ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[")))
-            or "(top level)"
-        )
-        msg = err["msg"].removeprefix("Value error, ")
-        value = err.get("input")
-        shown = (
-            f" (got {value!r})"
-            if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict)
-            else ""
-        )
-        line = f"{where}: {msg}{shown}"
-        if line not in out:
-            out.append(line)
-    return "; ".join(out)
 
 
 class Study:
@@ -356,7 +343,7 @@ def parse_study(raw: dict, origin: str = "study", base_dir: Path | None = None) 
     try:
         config = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(f"{origin}: {_problems(exc)}") from None
+        raise UserError(f"{origin}: {validation_problems(exc.errors())}") from None
     if isinstance(config.ladder, str):
         path = Path(config.ladder)
         path = path if path.is_absolute() else base_dir / path
@@ -395,7 +382,8 @@ def _check_against_ladder(config: StudyConfig, ladder, origin: str) -> None:
 
 
 def _check_methods(config: StudyConfig, origin: str) -> None:
-    """Each method and its options must build (the finetuning factory validates them)."""
+    """Each method and its options must build (the finetuning factory validates them); each
+    method of the PET-size sweep must have a size."""
     from ftscale.finetune.methods import make_method
 
     for name, options in config.methods.items():
@@ -406,14 +394,56 @@ def _check_methods(config: StudyConfig, origin: str) -> None:
         except TypeError as exc:
             raise UserError(f"{origin}: methods.{name}: {exc}") from None
     for name in config.sweeps.pet_size.sizes:
-        option = size_option(name)
-        if option is None:
+        if size_option(name) is None:
             raise UserError(
                 f"{origin}: sweeps.pet_size.sizes: method {name!r} has no size option "
-                "(prompt and lora do)"
+                "(prompt, lora, dora and PEFT methods with a rank or virtual tokens do)"
             )
 
 
 def size_option(method: str) -> str | None:
-    """The option that sets a PET method's size (prompt length, LoRA rank)."""
-    return {"prompt": "prompt_length", "lora": "rank"}.get(method)
+    """The option that sets a PET method's size (prompt length, LoRA rank), from the method
+    registry."""
+    return get_method(method).size_option
+
+
+def canonical_methods(raw: dict) -> dict:
+    """A parsed study file with every method name made canonical (see
+    :func:`ftscale.finetune.methods.canonical_name`): the ``[methods]`` keys, the sweeps' method
+    lists and size tables, ``examples.per_method`` and a per-method ``train.lr``. Two names of one
+    method in one table are an error. Values of the wrong shape are left for validation."""
+    out = dict(raw)
+    out["methods"] = _canonical_keys(raw.get("methods"), "methods")
+    sweeps = raw.get("sweeps")
+    if isinstance(sweeps, dict):
+        sweeps = {k: dict(v) if isinstance(v, dict) else v for k, v in sweeps.items()}
+        for sweep in ("model_size", "pretraining"):
+            table = sweeps.get(sweep)
+            if isinstance(table, dict) and isinstance(table.get("methods"), list):
+                table["methods"] = [_canonical(m) for m in table["methods"]]
+        pet = sweeps.get("pet_size")
+        if isinstance(pet, dict):
+            pet["sizes"] = _canonical_keys(pet.get("sizes"), "sweeps.pet_size.sizes")
+        out["sweeps"] = sweeps
+    for section, key in (("examples", "per_method"), ("train", "lr")):
+        table = raw.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), dict):
+            out[section] = {**table, key: _canonical_keys(table[key], f"{section}.{key}")}
+    return {k: v for k, v in out.items() if v is not None or k in raw}
+
+
+def _canonical(name: Any) -> Any:
+    return canonical_name(name) if isinstance(name, str) else name
+
+
+def _canonical_keys(table: Any, where: str) -> Any:
+    if not isinstance(table, dict):
+        return table
+    out: dict = {}
+    spelled: dict[str, str] = {}
+    for name, value in table.items():
+        key = _canonical(name)
+        if key in out:
+            raise ValueError(f"{where}: {spelled[key]!r} and {name!r} name the same method {key!r}")
+        out[key], spelled[key] = value, name
+    return out

@@ -41,19 +41,30 @@ class Checkpoint:
 
 @dataclass
 class PlannedRun:
-    """One run of the plan: its spec and where it sits in the design."""
+    """One run of the plan: its spec, its base model, the study's name of its method (its
+    ``[methods]`` key: ``dora`` runs a LoRA config), and the sweeps it belongs to. D_f, subset
+    seed and method size are the spec's own."""
 
     job: Any  # FinetuneJob
     checkpoint: Checkpoint
     method: str
-    method_size: int | None
-    examples: int
-    subset_seed: int
     sweeps: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
         return self.job.key
+
+    @property
+    def method_size(self) -> int | None:
+        return self.job.method.size
+
+    @property
+    def examples(self) -> int:
+        return self.job.train_config.examples
+
+    @property
+    def subset_seed(self) -> int:
+        return self.job.train_config.subset_seed
 
     def meta(self) -> dict[str, Any]:
         """The run's coordinates as stored beside its spec."""
@@ -115,7 +126,7 @@ def _unbuilt_checkpoints(study: Study, entry: Path) -> list[Checkpoint]:
     if ladder.kind == "pretrain":
         tokens = sorted(set(ladder.recipe.checkpoints) | {ladder.recipe.tokens})
         for rung in ladder.rungs:
-            params = sizes.get(rung.name) or llama_nonembedding_params(rung)
+            params = sizes.get(rung.name) or rung_nonembedding_params(ladder, rung)
             for n in tokens:
                 path = str(entry / rung.name / f"tokens-{n:09d}")
                 out.append(Checkpoint(rung.name, n, params, path))
@@ -129,12 +140,14 @@ def _unbuilt_checkpoints(study: Study, entry: Path) -> list[Checkpoint]:
     return out
 
 
-def llama_nonembedding_params(rung) -> int:
-    """Non-embedding parameters of a ladder rung before it is built (Llama shape: per layer the
-    q/k/v/o projections 4 w^2, the SwiGLU MLP 3 w ffn and two RMSNorm weights 2 w, plus the final
-    norm w); equal to what the build reports for ftscale's pretrained rungs."""
-    w = rung.width
-    return rung.layers * (4 * w * w + 3 * w * rung.ffn + 2 * w) + w
+def rung_nonembedding_params(ladder, rung) -> int:
+    """Non-embedding parameters of a ladder rung before it is built, counted on the model the
+    build will make (:func:`ftscale.models.pretrain.shape_parameter_counts`)."""
+    from ftscale.models.pretrain import Shape, shape_parameter_counts
+
+    shape = Shape(rung.width, rung.layers, rung.heads, rung.ffn)
+    counts = shape_parameter_counts(shape, ladder.tokenizer.vocab_size, ladder.recipe.seq_len)
+    return counts.nonembedding
 
 
 def _final(rows: list[Checkpoint]) -> Checkpoint:
@@ -149,7 +162,7 @@ def _final(rows: list[Checkpoint]) -> Checkpoint:
 def data_sources(study: Study, data_dir: Path):
     """(train, dev, test) :class:`DataSource` values of the study's task. The test set, when
     capped, is a fixed sample written to ``data_dir`` by :func:`materialise_data`."""
-    from ftscale.finetune.job import DataSource
+    from ftscale.finetune.spec import DataSource
 
     task = study.config.task
     common = dict(
@@ -165,8 +178,8 @@ def data_sources(study: Study, data_dir: Path):
 
 def materialise_data(study: Study, data_dir: Path) -> None:
     """Write the capped test set (a seeded sample of ``task.test_examples`` pairs) atomically."""
+    from ftscale.data.pairs import nested_subset
     from ftscale.data.tasks import load_task, write_pairs_jsonl
-    from ftscale.finetune.tasks import nested_subset
 
     task = study.config.task
     if task.test_examples is None:
@@ -212,8 +225,7 @@ class _Cell(NamedTuple):
 
 def _shared_job_fields(study: Study, data_dir: Path) -> dict[str, Any]:
     """The :class:`~ftscale.finetune.job.FinetuneJob` fields every run of the study shares."""
-    from ftscale.finetune.job import EvalSet
-    from ftscale.finetune.tasks import TaskConfig
+    from ftscale.finetune.spec import EvalSet, TaskConfig
 
     config = study.config
     train, dev, test = data_sources(study, data_dir)
@@ -263,55 +275,28 @@ def _sweep_cells(study: Study, rows: list[Checkpoint]) -> Iterator[_Cell]:
 def _add_runs(planned: dict[str, PlannedRun], cell: _Cell, config, shared: dict) -> None:
     """The cell's runs (each D_f and subset seed) into ``planned``; a run already planned by
     another sweep is tagged with this one too."""
-    from ftscale.finetune.job import FinetuneJob
     from ftscale.finetune.methods import make_method
-    from ftscale.finetune.train import TrainConfig
+    from ftscale.finetune.spec import FinetuneJob
 
     method_config = make_method(cell.method, **cell.options)
     for examples in config.examples.for_method(cell.method):
         for subset_seed in config.examples.subset_seeds:
-            train_config = _train_config(config, cell.method, examples, subset_seed, TrainConfig)
+            settings = config.train.settings_for(
+                cell.method,
+                examples=examples,
+                subset_seed=subset_seed,
+                eval_examples=config.task.eval_examples,
+            )
             job = FinetuneJob(
                 model=cell.checkpoint.path,
                 revision=cell.checkpoint.revision,
                 method=method_config,
-                train_config=train_config,
+                train_config=settings,
                 **shared,
             )
-            key = job.key
-            if key not in planned:
-                planned[key] = PlannedRun(
-                    job, cell.checkpoint, cell.method, method_config.size, examples, subset_seed
-                )
-            if cell.sweep not in planned[key].sweeps:
-                planned[key].sweeps.append(cell.sweep)
-
-
-def _train_config(config, method: str, examples: int, subset_seed: int, TrainConfig):
-    t = config.train
-    return TrainConfig(
-        examples=examples,
-        subset_seed=subset_seed,
-        seed=t.seed,
-        learning_rate=t.rate_for(method),
-        optimizer=t.optimizer,
-        weight_decay=t.weight_decay,
-        batch_size=t.batch_size,
-        max_steps=t.max_steps,
-        epochs=t.epochs,
-        min_steps=t.min_steps,
-        warmup_fraction=t.warmup_fraction,
-        final_lr_fraction=t.final_lr_fraction,
-        eval_every=t.eval_every,
-        evals=t.evals,
-        patience=t.patience,
-        dev_examples=t.dev_examples,
-        eval_examples=config.task.eval_examples,
-        gen_examples=t.gen_examples,
-        max_new_tokens=t.max_new_tokens,
-        device=t.device,
-        bf16=t.bf16,
-    )
+            run = planned.setdefault(job.key, PlannedRun(job, cell.checkpoint, cell.method))
+            if cell.sweep not in run.sweeps:
+                run.sweeps.append(cell.sweep)
 
 
 def _cost_order(run: PlannedRun):

@@ -180,44 +180,21 @@ def _tty(progress: str) -> bool:
     return progress == "bar" or (progress == "auto" and sys.stderr.isatty())
 
 
-def lr_group(run) -> str:
-    """The learning-rate search group of a run: one search per method and base model."""
-    return f"{run.method}|{run.job.model}|{run.job.revision or ''}"
-
-
 def _resolve_learning_rates(plan: Plan, store: Store, runner, say) -> Plan:
-    """Replace ``learning_rate = "auto"`` by each group's searched rate (searching the groups
-    the store does not have yet, one representative job each: the median D_f, first seed)."""
+    """Replace ``learning_rate = "auto"`` by each group's searched rate: one search per method
+    and base model (:func:`ftscale.finetune.lr_search.search_group`), run through the executor on
+    the group's representative job for the groups the store does not have yet."""
+    from ftscale.finetune.lr_search import search_group
+
     groups: dict[str, list] = {}
     for run in plan.runs:
         if run.job.train_config.learning_rate == "auto":
-            groups.setdefault(lr_group(run), []).append(run)
-    if not groups:
-        return plan
+            groups.setdefault(search_group(run.method, run.job), []).append(run)
     missing = {g: runs for g, runs in groups.items() if store.lr_search(g) is None}
     if missing:
         say(f"searching learning rates for {len(missing)} (method, base model) group(s)")
-        tasks = []
-        for group, runs in missing.items():
-            sizes = sorted({r.examples for r in runs})
-            middle = sizes[len(sizes) // 2]
-            rep = min((r for r in runs if r.examples == middle), key=lambda r: r.subset_seed)
-            tasks.append((group, "search", rep.job.to_json()))
         try:
-            for group, outcome in runner.map(tasks):
-                run = groups[group][0]
-                search = outcome.get("search")
-                if search is None:  # the search itself failed: fall back to the default rate
-                    search = {
-                        "chosen": run.job.method.default_learning_rate,
-                        "error": outcome.get("error"),
-                        "fallback": True,
-                    }
-                    say(
-                        f"learning-rate search {group} failed ({outcome.get('error')}); "
-                        f"using the default {search['chosen']:g}"
-                    )
-                store.save_lr_search(group, run.method, run.job.model, run.job.revision, search)
+            _search_groups(missing, store, runner, say)
         except KeyboardInterrupt as exc:
             runner.close()
             done = len(store.lr_searches())
@@ -230,6 +207,31 @@ def _resolve_learning_rates(plan: Plan, store: Store, runner, say) -> Plan:
         for run in runs:
             run.job = run.job.replace(learning_rate=rate)
     return plan
+
+
+def _search_groups(groups: dict[str, list], store: Store, runner, say) -> None:
+    """Search each group's rate and store it; a search that fails falls back to the method's
+    default rate (and says so)."""
+    from ftscale.finetune.lr_search import representative
+
+    tasks = []
+    for group, runs in groups.items():
+        job = representative([r.job for r in runs])
+        tasks.append((group, "search", job.to_json()))
+    for group, outcome in runner.map(tasks):
+        run = groups[group][0]
+        search = outcome.get("search")
+        if search is None:
+            search = {
+                "chosen": run.job.method.default_learning_rate,
+                "error": outcome.get("error"),
+                "fallback": True,
+            }
+            say(
+                f"learning-rate search {group} failed ({outcome.get('error')}); "
+                f"using the default {search['chosen']:g}"
+            )
+        store.save_lr_search(group, run.method, run.job.model, run.job.revision, search)
 
 
 def _execute(store: Store, runner, todo: list[str], plan: Plan, progress: str, say) -> dict:

@@ -39,7 +39,8 @@ def set_threads(threads: int | None) -> None:
 def execute(spec_json: str, threads: int | None = None) -> dict[str, Any]:
     """Run one job; ``{"status", "record", "error", "wall_s"}`` (never raises for a run's own
     failure; KeyboardInterrupt propagates)."""
-    from ftscale.finetune.job import FinetuneJob, run_job
+    from ftscale.finetune.recipe import run_job
+    from ftscale.finetune.spec import FinetuneJob
 
     set_threads(threads)
     start = time.perf_counter()
@@ -66,8 +67,8 @@ def execute(spec_json: str, threads: int | None = None) -> dict[str, Any]:
 def search(spec_json: str, threads: int | None = None) -> dict[str, Any]:
     """The learning-rate search of one representative job (``learning_rate = "auto"``);
     ``{"status", "search", "error", "wall_s"}``."""
-    from ftscale.finetune.job import FinetuneJob
-    from ftscale.finetune.lr_search import search_job
+    from ftscale.finetune.recipe import search_job
+    from ftscale.finetune.spec import FinetuneJob
 
     set_threads(threads)
     start = time.perf_counter()

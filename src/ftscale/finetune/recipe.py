@@ -1,0 +1,736 @@
+"""One finetuning run as short named steps: setup, train, evaluate, cleanup.
+
+The entry points build the run's inputs once (the D_f subset drawn once, the eval sets resolved),
+load the base model once (:func:`ftscale.models.loading.load_model`), turn ``learning_rate =
+"auto"`` into a rate (:func:`resolve_learning_rate`, the one place that does) and run the steps:
+
+* :func:`setup`: encode the data to fit the model's context, score the base model on the extra
+  eval sets, apply the method, start the record;
+* :func:`train`: the loop, written out plainly (no Trainer): length-grouped batches padded to
+  their own longest sequence, loss on target tokens only, warmup then cosine learning rate
+  (:func:`ftscale.schedules.warmup_cosine`), dev loss every ``eval_every`` steps, the best state
+  kept in memory, early stopping after ``patience`` checks without improvement;
+* :func:`evaluate`: best state restored, test NLL, greedy generation, the eval sets again;
+* :func:`cleanup`: wall time and peak memory into the record.
+
+Entry points: :func:`finetune` (Python: in-memory pairs or models), :func:`run_job` (a saved
+:class:`~ftscale.finetune.spec.FinetuneJob`: the CLI and the study's workers) and
+:func:`search_job` (a study's learning-rate search on one representative job).
+
+One failure path: a NaN/inf loss raises :class:`RunFailed` and out-of-memory raises torch's own
+error, in any step after setup; :func:`_execute` catches both in one place and the record says
+``status="failed"`` with the reason and step. Bad input raises :class:`~ftscale.errors.UserError`
+before anything trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import resource
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ftscale.data.pairs import Pair, nested_subset
+from ftscale.errors import UserError
+from ftscale.finetune.evaluate import (
+    autocast,
+    fast_path_ok,
+    greedy_generate,
+    mean_nll,
+    perplexity,
+    score_generations,
+    target_nll,
+)
+from ftscale.finetune.lr_search import LearningRateSearch, candidate_config, choose, search_steps
+from ftscale.finetune.methods import (
+    MethodConfig,
+    apply_method,
+    base_parameter_counts,
+    count_parameters,
+    make_method,
+)
+from ftscale.finetune.record import RunRecord, library_versions
+from ftscale.finetune.spec import FinetuneJob, TaskConfig, TrainConfig, steps_per_epoch
+from ftscale.finetune.tasks import (
+    Encoded,
+    check_pairs,
+    collate,
+    encode_pairs,
+    length_grouped_batches,
+    special_ids,
+)
+from ftscale.models.loading import load_model, resolve_device
+from ftscale.schedules import warmup_cosine
+from ftscale.sizes import context_length
+
+#: Base models this large (parameters) train with activation checkpointing unless told otherwise:
+#: SmolLM2-135M LoRA at batch 8 kept ~0.8 GB of activations per step without it (measured).
+CHECKPOINTING_PARAMS = 50_000_000
+
+
+@dataclass
+class FinetuneResult:
+    """What ``finetune(..., return_model=True)`` returns: the record, and the trained model (best
+    dev state restored) with its tokenizer, for callers that want to inspect or save it."""
+
+    record: RunRecord
+    model: torch.nn.Module
+    tokenizer: Any
+
+
+class RunFailed(Exception):
+    """A run that cannot go on (a NaN/inf loss): ``reason`` and the optimizer ``step`` it was at.
+    Raised inside a run's steps and turned into a failed record in one place (:func:`_execute`)."""
+
+    def __init__(self, reason: str, step: int) -> None:
+        super().__init__(reason)
+        self.reason, self.step = reason, step
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """An extra eval set, resolved: its name, scored pairs and few-shot demonstrations."""
+
+    name: str
+    pairs: Sequence[Pair]
+    demos: Sequence[Pair] = ()
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What one run needs besides the model: method, pairs (``train`` already the D_f subset),
+    settings, task and resolved eval sets. Built once per run by :func:`make_inputs`."""
+
+    method: MethodConfig
+    train: Sequence[Pair]
+    dev: Sequence[Pair]
+    test: Sequence[Pair]
+    config: TrainConfig
+    task: TaskConfig
+    evals: Sequence[EvalData] = ()
+
+    def with_config(self, config: TrainConfig, **changes: Any) -> RunInputs:
+        return dataclasses.replace(self, config=config, **changes)
+
+
+def make_inputs(
+    *,
+    method: MethodConfig | str,
+    train: Sequence[Pair],
+    dev: Sequence[Pair],
+    test: Sequence[Pair],
+    config: TrainConfig | None = None,
+    task: TaskConfig | None = None,
+    evals: Sequence[Any] = (),
+    shots: int = 0,
+) -> RunInputs:
+    """A run's inputs, checked: the pairs of every split, the D_f subset (drawn here, once:
+    ``nested_subset(train, config.examples, config.subset_seed)``) and the eval sets
+    (:class:`~ftscale.finetune.spec.EvalSet` values are loaded, :class:`EvalData` kept)."""
+    config = config or TrainConfig()
+    method = make_method(method) if isinstance(method, str) else method
+    if not isinstance(method, MethodConfig):
+        raise UserError(f"method must be a MethodConfig or a name, got {method!r}")
+    for split, pairs in (("train", train), ("dev", dev), ("test", test)):
+        check_pairs(pairs, split)
+    examples = config.examples if config.examples is not None else len(train)
+    subset = nested_subset(train, examples, config.subset_seed)
+    resolved = _resolve_evals(evals, shots, config)
+    return RunInputs(method, subset, dev, test, config, task or TaskConfig(), resolved)
+
+
+def job_inputs(job: FinetuneJob, *, evals: bool = True) -> RunInputs:
+    """The inputs of a saved job: its splits read from their sources, then :func:`make_inputs`
+    (``evals=False`` leaves its extra eval sets unread, as a learning-rate search needs)."""
+    train, dev, test = job.splits()
+    return make_inputs(
+        method=job.method,
+        train=train,
+        dev=dev,
+        test=test,
+        config=job.train_config,
+        task=job.task,
+        evals=job.evals if evals else (),
+        shots=job.shots,
+    )
+
+
+def _resolve_evals(evals: Sequence[Any], shots: int, config: TrainConfig) -> list[EvalData]:
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise UserError(f"shots must be an integer >= 0, got {shots!r}")
+    out = []
+    for item in evals:
+        if isinstance(item, EvalData):
+            out.append(item)
+            continue
+        scored, demos = item.load(config.eval_examples, shots, seed=config.seed)
+        check_pairs(scored, f"eval set {item.name!r}")
+        out.append(EvalData(item.name, scored, demos))
+    return out
+
+
+# -- entry points ----------------------------------------------------------------------------------
+
+
+def finetune(
+    *,
+    model: Any,
+    method: MethodConfig | str,
+    train: Sequence[Pair],
+    dev: Sequence[Pair],
+    test: Sequence[Pair],
+    train_config: TrainConfig | None = None,
+    task: TaskConfig | None = None,
+    tokenizer: Any = None,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    evals: Sequence[Any] = (),
+    shots: int = 0,
+    return_model: bool = False,
+    progress: Any = None,
+) -> RunRecord | FinetuneResult:
+    """One finetuning run, end to end; returns its :class:`~ftscale.finetune.record.RunRecord`
+    (or, with ``return_model=True``, a :class:`FinetuneResult` with the trained model).
+
+    ``model``: in-memory causal LM (copied, never modified), local directory, ``.gguf`` file or hub
+    id (``gguf_file`` names a GGUF file inside a directory or hub repo, ``revision`` a hub
+    revision); ``tokenizer``: its tokenizer (``None`` loads it from the model's path).
+    ``method``: a :class:`MethodConfig` or a registered method name. ``train``/``dev``/``test``:
+    (source, target) pairs (see :func:`make_inputs`); the best state is picked by mean dev NLL per
+    target token, and the record reports test NLL per target token, perplexity and generation
+    scores. ``evals``: :class:`~ftscale.finetune.spec.EvalSet` values (or :class:`EvalData`)
+    scored before and after training with ``shots`` demonstrations each. ``progress``: a
+    :class:`~ftscale.finetune.progress.Progress` (``None``: silent). Same seed and inputs give the
+    same record on CPU, timings and memory aside. Bad input raises
+    :class:`~ftscale.errors.UserError` before any training; a NaN/inf loss or out-of-memory gives
+    ``status="failed"``.
+    """
+    inputs = make_inputs(
+        method=method,
+        train=train,
+        dev=dev,
+        test=test,
+        config=train_config,
+        task=task,
+        evals=evals,
+        shots=shots,
+    )
+    result = _run(lambda: load_model(model, tokenizer, gguf_file, revision), inputs, progress)
+    return result if return_model else result.record
+
+
+def run_job(job: FinetuneJob, progress: Any = None) -> RunRecord:
+    """Run one job and return its record (with ``key`` and ``job`` filled in). Bad input raises
+    a one-line :class:`~ftscale.errors.UserError` before any training; a run that fails (NaN/inf
+    loss, out of memory) returns a record with ``status="failed"``."""
+    inputs = job_inputs(job)
+    record = _run(lambda: _load_job_model(job), inputs, progress).record
+    record.model = job.model + (f"/{job.gguf_file}" if job.gguf_file else "")
+    record.revision = job.revision
+    record.key = job.key
+    record.job = job.to_dict()
+    return record
+
+
+def search_job(job: FinetuneJob, progress: Any = None) -> LearningRateSearch:
+    """The learning-rate search of a job (its data, D_f subset, model and settings), as a study
+    runs it once per method and base model on a representative job."""
+    inputs = job_inputs(job, evals=False)
+    resolve_device(inputs.config.device)
+    with _run_context(inputs.config):
+        base, tokenizer, _ = _load_job_model(job, copy_model=False)
+        return search_learning_rate(base, tokenizer, inputs, progress)
+
+
+def _load_job_model(job: FinetuneJob, copy_model: bool = True):
+    return load_model(job.model, None, job.gguf_file, job.revision, copy_model=copy_model)
+
+
+def _run(load: Callable[[], tuple], inputs: RunInputs, progress: Any) -> FinetuneResult:
+    """Load the model, resolve the learning rate, run the steps; thread count and RNG restored."""
+    started = time.perf_counter()
+    resolve_device(inputs.config.device)  # a device this torch cannot use fails before loading
+    with _run_context(inputs.config):
+        base, tokenizer, name = load()
+        inputs, search = resolve_learning_rate(base, tokenizer, inputs, progress)
+        result = run_loaded(base, tokenizer, name, inputs, progress=progress, started=started)
+    result.record.lr_search = search.to_dict() if search else None
+    return result
+
+
+@contextlib.contextmanager
+def _run_context(config: TrainConfig) -> Iterator[None]:
+    """Thread count (restored afterwards), a forked torch RNG, and library chatter silenced:
+    PEFT's use of a deprecated transformers name, prompt tuning ignoring position ids."""
+    previous = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            warnings.filterwarnings("ignore", message="Position ids are not supported.*")
+            yield
+    finally:
+        if config.threads is not None:
+            torch.set_num_threads(previous)
+
+
+# -- learning rate ---------------------------------------------------------------------------------
+
+
+def resolve_learning_rate(
+    base: torch.nn.Module, tokenizer: Any, inputs: RunInputs, progress: Any = None
+) -> tuple[RunInputs, LearningRateSearch | None]:
+    """The one place ``learning_rate = "auto"`` becomes a rate: the inputs with the searched rate
+    and the search (unchanged inputs and ``None`` for any other setting)."""
+    if inputs.config.learning_rate != "auto":
+        return inputs, None
+    search_inputs = dataclasses.replace(inputs, evals=())
+    search = search_learning_rate(base, tokenizer, search_inputs, progress)
+    return inputs.with_config(inputs.config.replace(learning_rate=search.chosen)), search
+
+
+def search_learning_rate(
+    base: torch.nn.Module, tokenizer: Any, inputs: RunInputs, progress: Any = None
+) -> LearningRateSearch:
+    """Train each candidate of the method's grid briefly (see :mod:`ftscale.finetune.lr_search`);
+    each trains a copy, so ``base`` is left as it was."""
+    config = inputs.config
+    steps = search_steps(config.total_steps(len(inputs.train)))
+    grid = inputs.method.entry.search_grid
+    scores: list[float | None] = []
+    base_nll: float | None = None
+    for rate in grid:
+        short = inputs.with_config(
+            candidate_config(config, rate, steps), test=inputs.dev[:1], evals=()
+        )
+        record = run_loaded(copy.deepcopy(base), tokenizer, "", short, progress=progress).record
+        base_nll = record.initial_dev_nll if base_nll is None else base_nll
+        ok = record.status == "ok" and record.best_dev_nll is not None
+        scores.append(record.best_dev_nll if ok and math.isfinite(record.best_dev_nll) else None)
+    return choose(grid, scores, steps, base_nll)
+
+
+# -- the steps -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """The state one run's steps share."""
+
+    inputs: RunInputs
+    model: torch.nn.Module
+    tokenizer: Any
+    record: RunRecord
+    train: Encoded
+    dev: Encoded
+    test: Encoded
+    device: torch.device
+    autocast: torch.dtype | None
+    pad: int
+    eos: int | None
+    context: int | None
+    fast: bool = True
+    params: list[torch.nn.Parameter] = dataclasses.field(default_factory=list)
+    best_state: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    padded_tokens: int = 0
+    epoch_batches: int = 0
+    eval_time: float = 0.0
+    phase: str = "preparing"
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.inputs.config
+
+    @property
+    def limit(self) -> int | None:
+        """Tokens an example may have: the model's context less the method's prepended
+        positions."""
+        return None if self.context is None else self.context - self.inputs.method.virtual_tokens
+
+    def nll(self, encoded: Encoded) -> tuple[float, int]:
+        """Mean NLL per target token of the model on ``encoded`` (timed into ``eval_time``)."""
+        began = time.perf_counter()
+        value = mean_nll(
+            self.model,
+            encoded,
+            self.pad,
+            device=self.device,
+            fast=self.fast,
+            tokens_per_batch=self.config.eval_tokens_per_batch,
+            autocast_dtype=self.autocast,
+        )
+        self.eval_time += time.perf_counter() - began
+        return value
+
+
+def run_loaded(
+    base: torch.nn.Module,
+    tokenizer: Any,
+    name: str,
+    inputs: RunInputs,
+    *,
+    progress: Any = None,
+    started: float | None = None,
+) -> FinetuneResult:
+    """One run on an already loaded base model, which it changes (pass a copy to keep it):
+    :func:`setup`, then :func:`_execute` (train and evaluate, one failure path), then
+    :func:`cleanup`."""
+    started = time.perf_counter() if started is None else started
+    torch.manual_seed(inputs.config.seed)
+    run = setup(base, tokenizer, name, inputs)
+    _execute(run, progress)
+    cleanup(run, started)
+    return FinetuneResult(run.record, run.model, run.tokenizer)
+
+
+def setup(base: torch.nn.Module, tokenizer: Any, name: str, inputs: RunInputs) -> Run:
+    """Step 1: encode the data to fit the model's context, score the base model on the eval
+    sets, apply the method, and start the record."""
+    config = inputs.config
+    device = resolve_device(config.device)
+    context = context_length(base, tokenizer)
+    encoded = _encode_splits(inputs, tokenizer, context)
+    dtype = torch.bfloat16 if _bf16(device, config) else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    record = _new_record(inputs, encoded, base=base, model_name=name, device=device, dtype=dtype)
+    record.context_length = context
+    base = _place(base, device, record, config)
+    _, eos, pad = special_ids(tokenizer)
+    run = Run(inputs, base, tokenizer, record, *encoded, device, dtype, pad, eos, context)
+    if inputs.evals:
+        record.evals = {
+            e.name: {"shots": len(e.demos), "base": _score_eval(run, e)} for e in inputs.evals
+        }
+    _apply(run)
+    return run
+
+
+def _encode_splits(inputs: RunInputs, tokenizer: Any, context: int | None) -> list[Encoded]:
+    """Train, dev (the fixed ``dev_examples`` sample) and test, encoded to fit the context less
+    the method's prepended positions."""
+    config = inputs.config
+    limit = None if context is None else context - inputs.method.virtual_tokens
+    dev_pairs = inputs.dev
+    if config.dev_examples is not None and config.dev_examples < len(dev_pairs):
+        keep = np.random.default_rng(0).permutation(len(dev_pairs))[: config.dev_examples]
+        dev_pairs = [dev_pairs[i] for i in sorted(keep.tolist())]
+    return [
+        encode_pairs(pairs, tokenizer, inputs.task, split, limit)
+        for pairs, split in ((inputs.train, "train"), (dev_pairs, "dev"), (inputs.test, "test"))
+    ]
+
+
+def _bf16(device: torch.device, config: TrainConfig) -> bool:
+    """bf16 autocast: asked for, on a GPU that supports it."""
+    return device.type == "cuda" and config.bf16 and torch.cuda.is_bf16_supported()
+
+
+def _place(base: torch.nn.Module, device: torch.device, record: RunRecord, config: TrainConfig):
+    """The base model on its device, with activation checkpointing when asked for (or, by
+    default, for base models of :data:`CHECKPOINTING_PARAMS` parameters or more)."""
+    base = base.to(device)
+    checkpointing = config.checkpointing
+    if checkpointing is None:
+        checkpointing = record.total_params >= CHECKPOINTING_PARAMS
+    if checkpointing and hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable({"use_reentrant": False})
+    record.checkpointing = bool(checkpointing)
+    return base
+
+
+def _apply(run: Run) -> None:
+    """The method on the base model (seeded), its trainable parameters, and whether the fast
+    output head gives the same loss on a probe batch."""
+    config, record = run.config, run.record
+    torch.manual_seed(config.seed)
+    run.model = apply_method(run.model, run.inputs.method, seed=config.seed).to(run.device)
+    run.params = [p for p in run.model.parameters() if p.requires_grad]
+    record.trainable_params, _ = count_parameters(run.model)
+    probe = collate(run.train, list(range(min(len(run.train), config.batch_size))), run.pad)
+    run.fast = config.fast_head and fast_path_ok(
+        run.model, probe[0].to(run.device), probe[1].to(run.device)
+    )
+    record.fast_head = run.fast
+
+
+def _new_record(
+    inputs: RunInputs, encoded: list[Encoded], *, base, model_name: str, device, dtype
+) -> RunRecord:
+    """The run's record before training: its design, data, recipe and environment."""
+    config, method = inputs.config, inputs.method
+    train, dev, test = encoded
+    total_params, nonembedding = base_parameter_counts(base)
+    rate = (
+        config.learning_rate if config.learning_rate is not None else method.default_learning_rate
+    )
+    return RunRecord(
+        method=method.name,
+        method_size=method.size,
+        method_options=dict(method.options),
+        trainable_params=0,
+        total_params=total_params,
+        nonembedding_params=nonembedding,
+        examples=len(train),
+        subset_seed=config.subset_seed,
+        seed=config.seed,
+        model=model_name,
+        max_steps=config.total_steps(len(train)),
+        dev_examples=len(dev),
+        test_examples=len(test),
+        dev_tokens=dev.target_tokens,
+        truncated_sources=sum(e.truncated_sources for e in encoded),
+        truncated_targets=sum(e.truncated_targets for e in encoded),
+        truncated_context=sum(e.truncated_context for e in encoded),
+        learning_rate=rate,
+        optimizer=config.optimizer,
+        batch_size=config.batch_size,
+        device=str(device),
+        dtype="bfloat16-autocast" if dtype is not None else "float32",
+        threads=torch.get_num_threads(),
+        versions=library_versions(),
+    )
+
+
+def _execute(run: Run, progress: Any) -> None:
+    """Steps 2 and 3 (train, evaluate) with the run's one failure path: a :class:`RunFailed` or
+    an out-of-memory error in either becomes ``status="failed"`` with the reason and step."""
+    try:
+        train(run, progress)
+        evaluate(run)
+    except RunFailed as failure:
+        _fail(run, failure.reason, failure.step)
+    except torch.OutOfMemoryError:
+        step = run.record.steps + 1 if run.phase == "training" else run.record.steps
+        _fail(run, f"out of memory while {run.phase} (step {step})", step)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _fail(run: Run, reason: str, step: int) -> None:
+    record = run.record
+    record.status, record.reason, record.failed_step = "failed", reason, step
+    _training_summary(run)
+    record.improved = record.undertrained = None
+
+
+def train(run: Run, progress: Any) -> None:
+    """Step 2: the training loop with dev checks; the best trainable state is kept in memory."""
+    config, record = run.config, run.record
+    run.phase = "checking dev before training"
+    best = _dev_check(run, 0)
+    _keep_best(run)
+    total = record.max_steps
+    every = config.eval_every or max(1, math.ceil(total / config.evals))
+    optimizer = _make_optimizer(config, run.params, record.learning_rate)
+    rng = np.random.default_rng(config.seed)
+    batches: list[list[int]] = []
+    stale = 0
+    if progress is not None:
+        progress.start(total, f"{run.inputs.method.name} lr {record.learning_rate:g}")
+    run.model.train()
+    began, eval_before = time.perf_counter(), run.eval_time
+    while record.steps < total:
+        run.phase = "training"
+        if not batches:
+            batches = length_grouped_batches(run.train.lengths, config.batch_size, rng)
+        loss = _train_step(run, optimizer, batches.pop())
+        if progress is not None:
+            progress.step(record.steps, loss)
+        if record.steps % every and record.steps != total:
+            continue
+        value = _dev_check(run, record.steps)
+        if progress is not None:
+            progress.dev(record.steps, value, min(best, value))
+        if value < best:
+            best, stale = value, 0
+            _keep_best(run)
+        else:
+            stale += 1
+            if config.patience is not None and stale >= config.patience:
+                record.stopped_early = record.steps < total
+                break
+    record.train_s = time.perf_counter() - began - (run.eval_time - eval_before)
+    _training_summary(run)
+
+
+def _train_step(run: Run, optimizer, indices: list[int]) -> float:
+    """One optimizer step on one batch; returns its loss (nats per target token)."""
+    config, record = run.config, run.record
+    input_ids, labels, real = collate(run.train, indices, run.pad)
+    input_ids, labels = input_ids.to(run.device), labels.to(run.device)
+    warmup = math.ceil(config.warmup_fraction * record.max_steps)
+    rate = warmup_cosine(
+        record.steps, record.max_steps, record.learning_rate, warmup, config.final_lr_fraction
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    with autocast(run.device, run.autocast):
+        nll_sum, count = target_nll(run.model, input_ids, labels, fast=run.fast)
+    loss = nll_sum / count
+    if not torch.isfinite(loss):
+        raise RunFailed(
+            f"non-finite training loss ({loss.item()}) at step {record.steps + 1}",
+            record.steps + 1,
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm)
+    optimizer.step()
+    record.steps += 1
+    run.epoch_batches += 1
+    record.tokens_seen += real
+    record.target_tokens_seen += count
+    run.padded_tokens += input_ids.numel()
+    return float(loss.detach())
+
+
+def _dev_check(run: Run, step: int) -> float:
+    """Dev NLL at ``step`` into the record's history and best; :class:`RunFailed` when it is not
+    finite."""
+    record = run.record
+    phase, run.phase = run.phase, f"checking dev at step {step}"
+    value, _ = run.nll(run.dev)
+    run.phase = phase
+    record.dev_history.append([step, value])
+    if step == 0:
+        record.initial_dev_nll = value
+    if not math.isfinite(value):
+        where = "before training" if step == 0 else f"at step {step}"
+        raise RunFailed(f"non-finite dev loss {where}", step)
+    if record.best_dev_nll is None or value < record.best_dev_nll:
+        record.best_dev_nll, record.best_step = value, step
+    return value
+
+
+def _training_summary(run: Run) -> None:
+    """Counts that follow from the steps taken (the same for finished and failed runs)."""
+    record = run.record
+    per_epoch = max(1, steps_per_epoch(len(run.train), run.config))
+    record.epochs = run.epoch_batches / per_epoch
+    if run.padded_tokens:
+        record.padding_fraction = 1.0 - record.tokens_seen / run.padded_tokens
+    if record.best_step is not None:
+        record.improved = record.best_step > 0
+        record.undertrained = record.best_step > 0 and record.best_step == record.steps
+
+
+def evaluate(run: Run) -> None:
+    """Step 3: restore the best state, score the test split, generate, score the eval sets."""
+    record, config = run.record, run.config
+    _restore(run.params, run.best_state)
+    run.phase = "evaluating the test split"
+    value, tokens = run.nll(run.test)
+    record.test_nll, record.test_ppl, record.test_tokens = value, perplexity(value), tokens
+    if not math.isfinite(value):
+        raise RunFailed("non-finite test loss", record.steps)
+    if config.gen_examples > 0:
+        run.phase = "generating"
+        began = time.perf_counter()
+        order = np.random.default_rng(0).permutation(len(run.test))[: config.gen_examples]
+        scores = _generate_and_score(run, run.test, order.tolist())
+        record.gen_examples = len(order)
+        record.gen_bleu, record.gen_chrf, record.gen_rouge_l = (
+            scores.bleu,
+            scores.chrf,
+            scores.rouge_l,
+        )
+        record.generate_s = time.perf_counter() - began
+    for data in run.inputs.evals:
+        run.phase = f"evaluating eval set {data.name!r}"
+        record.evals[data.name]["finetuned"] = _score_eval(run, data)
+    record.eval_s = run.eval_time
+
+
+def _generate_and_score(run: Run, encoded: Encoded, order: list[int]):
+    outputs = greedy_generate(
+        run.model,
+        encoded,
+        order,
+        tokenizer=run.tokenizer,
+        pad_id=run.pad,
+        eos_id=run.eos,
+        max_new_tokens=run.config.max_new_tokens,
+        batch_size=run.config.gen_batch_size,
+        device=run.device,
+        autocast_dtype=run.autocast,
+        context=run.limit,
+    )
+    references = [encoded.targets[i] for i in order]
+    return score_generations(outputs, references, run.inputs.task.bleu_tokenize)
+
+
+def _score_eval(run: Run, data: EvalData) -> dict[str, Any]:
+    """NLL, perplexity and generation scores of the current model on one eval set, with its
+    demonstrations in every prompt."""
+    task = run.inputs.task.with_demonstrations(tuple(data.demos))
+    encoded = encode_pairs(data.pairs, run.tokenizer, task, f"eval set {data.name!r}", run.limit)
+    value, tokens = run.nll(encoded)
+    out: dict[str, Any] = {
+        "examples": len(encoded),
+        "tokens": tokens,
+        "nll": value,
+        "ppl": perplexity(value),
+        "truncated_context": encoded.truncated_context,
+    }
+    if run.config.gen_examples > 0:
+        began = time.perf_counter()
+        order = list(range(min(len(encoded), run.config.gen_examples)))
+        scores = _generate_and_score(run, encoded, order)
+        out.update(gen_bleu=scores.bleu, gen_chrf=scores.chrf, gen_rouge_l=scores.rouge_l)
+        run.record.generate_s += time.perf_counter() - began
+    return out
+
+
+def cleanup(run: Run, started: float) -> None:
+    """Step 4: the run's wall time and peak memory (the GPU's peak allocation on a GPU, the
+    process's peak resident memory on CPU) into the record."""
+    record = run.record
+    record.wall_s = time.perf_counter() - started
+    if run.device.type == "cuda":
+        record.peak_mem_mb = torch.cuda.max_memory_allocated(run.device) / 2**20
+    else:
+        record.peak_mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], lr: float):
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(
+            params,
+            lr=lr,
+            weight_decay=config.weight_decay,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+        )
+    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+
+
+def _keep_best(run: Run) -> None:
+    """Copy the trainable tensors (the state training changes) as the best so far. Full-model
+    tuning on a GPU keeps it in host memory: a GPU copy would double the model's GPU memory."""
+    to_cpu = run.device.type != "cpu" and run.inputs.method.trains_base
+    if to_cpu:
+        run.best_state = [p.detach().to("cpu", copy=True) for p in run.params]
+    else:
+        run.best_state = [p.detach().clone() for p in run.params]
+
+
+def _restore(params: list[torch.nn.Parameter], state: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for parameter, saved in zip(params, state, strict=True):
+            parameter.copy_(saved.to(parameter.device))
