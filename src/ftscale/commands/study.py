@@ -29,6 +29,7 @@ def _err(message: str) -> None:
 @study_app.command("run")
 def run_command(
     file: FileArg = None,
+    *,
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Study directory (default beside the file).")
     ] = None,
@@ -53,26 +54,18 @@ def run_command(
 ) -> None:
     """Run a study (resumable: finished runs are skipped); prints the study directory last."""
     from ftscale.study.config import DEFAULT_STUDY, load_study
-    from ftscale.study.executors import ExecutorOptions, make_executor
+    from ftscale.study.executors import make_executor
     from ftscale.study.runner import run_study
 
     study = load_study(file or DEFAULT_STUDY)
-    run = study.config.run
-    options = ExecutorOptions(
-        workers=run.workers if workers is None else workers,
-        threads=run.threads if threads is None else threads,
-        address=address,
-        num_cpus=run.num_cpus,
-        num_gpus=run.num_gpus,
-    )
-    name = executor or run.executor
+    name = executor or study.config.run.executor
     if address and name != "ray":
         raise UserError("--address is for the ray executor (add --executor ray)")
+    options = _executor_options(study.config.run, workers, threads, address)
     make_executor(name, options)  # unknown executor: fail before writing anything
-    target = directory if directory is not None else study.default_dir()
     summary = run_study(
         study,
-        target,
+        directory if directory is not None else study.default_dir(),
         executor=name,
         options=options,
         retry_failed=retry_failed,
@@ -91,9 +84,23 @@ def run_command(
     typer.echo(str(summary.study_dir))
 
 
+def _executor_options(run, workers: int | None, threads: int | None, address: str | None):
+    """The study file's ``[run]`` table with the command line's overrides."""
+    from ftscale.study.executors import ExecutorOptions
+
+    return ExecutorOptions(
+        workers=run.workers if workers is None else workers,
+        threads=run.threads if threads is None else threads,
+        address=address,
+        num_cpus=run.num_cpus,
+        num_gpus=run.num_gpus,
+    )
+
+
 @study_app.command("plan")
 def plan_command(
     file: FileArg = None,
+    *,
     directory: Annotated[Path | None, typer.Option("--dir", help="Study directory.")] = None,
     cache: Annotated[Path | None, typer.Option(help="Model cache.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -118,23 +125,24 @@ def plan_command(
         for r in plan.runs
     ]
     if json_out:
-        typer.echo(
-            json.dumps(
-                {
-                    "study": study.name,
-                    "dir": str(target),
-                    "runs": rows,
-                    "estimate_s": total,
-                    "workers": workers,
-                },
-                indent=1,
-            )
-        )
+        document = {
+            "study": study.name,
+            "dir": str(target),
+            "runs": rows,
+            "estimate_s": total,
+            "workers": workers,
+        }
+        typer.echo(json.dumps(document, indent=1))
         return
+    _render_plan(study.name, rows)
+    typer.echo(f"{len(rows)} runs; {_cost(total, workers)}; results would go to {target}")
+
+
+def _render_plan(name: str, rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"study {study.name}: {len(rows)} runs")
+    table = Table(title=f"study {name}: {len(rows)} runs")
     for column in ("method", "rung", "tokens", "params", "size", "D_f", "seed", "sweeps", "lr"):
         table.add_column(column)
     for r in rows:
@@ -150,14 +158,18 @@ def plan_command(
             _n(r["learning_rate"]) if r["learning_rate"] is not None else "default",
         )
     Console().print(table)
+
+
+def _cost(total: float | None, workers: int) -> str:
     if total is None:
-        cost = ("cost unknown until the base models' sizes are known (build the ladder or give "
-                "[sizes])")
-    else:
-        shown = f"{total / 60:.1f} min" if total < 7200 else f"{total / 3600:,.0f} h"
-        cost = (f"about {shown} of runs on {workers} CPU worker(s) (rough estimate for this "
-                "machine's CPU; ladder build and lr searches not included)")
-    typer.echo(f"{len(rows)} runs; {cost}; results would go to {target}")
+        return (
+            "cost unknown until the base models' sizes are known (build the ladder or give [sizes])"
+        )
+    shown = f"{total / 60:.1f} min" if total < 7200 else f"{total / 3600:,.0f} h"
+    return (
+        f"about {shown} of runs on {workers} CPU worker(s) (rough estimate for this "
+        "machine's CPU; ladder build and lr searches not included)"
+    )
 
 
 def _n(value) -> str:

@@ -1,0 +1,108 @@
+"""The study file and the run spec: one schema of training settings, method names made
+canonical, and every per-method fact read from the method registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from study_helpers import merged, smoke_config
+
+from ftscale.errors import UserError
+from ftscale.finetune.spec import (
+    STUDY_DEFAULTS,
+    TrainConfig,
+    setting_flag,
+    setting_scope,
+    study_train_fields,
+)
+from ftscale.study.config import parse_study, size_option
+from ftscale.study.plan import make_plan
+
+
+def _plan(tmp_path: Path, methods: dict, pet_sizes: dict, **changes: dict):
+    """The smoke study with these methods and PET sizes (replacing its own) and ``changes``
+    merged in."""
+    raw = merged(smoke_config(), changes)
+    raw["methods"], raw["sweeps"]["pet_size"]["sizes"] = methods, pet_sizes
+    study = parse_study(raw, "s.toml", tmp_path)
+    return study, make_plan(study, tmp_path / "dir", tmp_path / "cache")
+
+
+def test_aliases_become_registry_names_everywhere(tmp_path):
+    """``[methods] full = {}`` used to plan runs named 'full', which the findings that compare
+    FMT with PET never saw."""
+    study, plan = _plan(
+        tmp_path,
+        {"full": {}, "prompt-tuning": {"prompt_length": 8}},
+        {"Prompt-Tuning": [4, 8]},
+        sweeps={"model_size": {"methods": ["full", "prompt-tuning"]}},
+        examples={"per_method": {"full": [50, 100]}},
+        train={"lr": {"full": 0.01}},
+    )
+    config = study.config
+    assert list(config.methods) == ["fmt", "prompt"]
+    assert config.sweeps.model_size.methods == ["fmt", "prompt"]
+    assert list(config.sweeps.pet_size.sizes) == ["prompt"]
+    assert config.examples.for_method("fmt") == [50, 100]
+    assert config.train.rate_for("fmt") == 0.01
+    assert {r.method for r in plan.runs} == {"fmt", "prompt"}
+    assert {r.job.method.name for r in plan.runs} == {"fmt", "prompt"}
+
+
+def test_dora_can_be_swept_on_its_rank(tmp_path):
+    """The PET-size option comes from the registry, not a table of two methods."""
+    assert size_option("dora") == "rank" and size_option("loha") == "r"
+    assert size_option("prefix_tuning") == "num_virtual_tokens" and size_option("fmt") is None
+    _, plan = _plan(tmp_path, {"fmt": {}, "dora": {"rank": 2}}, {"dora": [1, 2, 4]})
+    pet = [r for r in plan.runs if "pet_size" in r.sweeps]
+    assert {r.method_size for r in pet} == {1, 2, 4}
+    assert all(r.job.method.options.get("use_dora") for r in pet)
+
+
+def test_the_train_table_is_generated_from_the_settings_schema():
+    fields = study_train_fields()
+    expected = {
+        setting_flag(name)
+        for name in TrainConfig.model_fields
+        if setting_scope(name) not in ("run", "task") and name != "threads"
+    }
+    assert set(fields) == expected and "lr" in fields and "max_grad_norm" in fields
+    for flag, (_, info) in fields.items():
+        name = "learning_rate" if flag == "lr" else flag
+        default = TrainConfig.model_fields[name].default
+        assert info.default == STUDY_DEFAULTS.get(name, default)
+        assert info.description == TrainConfig.model_fields[name].description
+
+
+def test_a_study_and_python_build_the_same_settings(tmp_path):
+    chosen = {"epochs": 2.5, "min_steps": 7, "max_grad_norm": 0.5, "fast_head": False}
+    study = parse_study(merged(smoke_config(), {"train": chosen}), "s.toml", tmp_path)
+    from_study = study.config.train.settings_for(
+        "lora", examples=100, subset_seed=1, eval_examples=16
+    )
+    smoke_train = smoke_config()["train"]
+    from_python = TrainConfig(
+        **{**STUDY_DEFAULTS, **smoke_train, **chosen},
+        examples=100,
+        subset_seed=1,
+        eval_examples=16,
+    )
+    assert from_study == from_python
+
+
+def test_settings_refuse_bad_values_in_one_line():
+    with pytest.raises(UserError, match=r"^batch_size: .*greater than or equal to 1 \(got 0\)$"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(UserError, match=r"^--epochs: .*finite"):
+        TrainConfig.from_dict({"epochs": float("inf")}, where=lambda n: "--" + n)
+    with pytest.raises(UserError, match=r"job: train_config.bogus: Extra inputs"):
+        TrainConfig.from_dict({"bogus": 1}, "job: train_config")
+    assert TrainConfig(patience=0).patience is None  # 0 means never stop early
+    assert TrainConfig(learning_rate="AUTO").learning_rate == "auto"
+    assert TrainConfig(learning_rate="1e-3").learning_rate == pytest.approx(1e-3)
+    import numpy as np
+
+    assert TrainConfig(examples=np.int64(5)).examples == 5  # a numpy count is a count
+    with pytest.raises(UserError, match="valid integer"):
+        TrainConfig(examples=True)
