@@ -1,5 +1,5 @@
 """Small helpers every layer shares, one per idiom: the first line of an error, a validation error
-as one line, atomic writes, and the thread/worker policy for CPU work.
+as one line, reading a TOML file, atomic writes, and the thread/worker policy for CPU work.
 
 Standard library only, so ``ftscale.laws`` (numpy/scipy only) and the CLI import it without cost.
 """
@@ -48,6 +48,31 @@ def validation_problems(
         if line not in out:
             out.append(line)
     return "; ".join(out)
+
+
+def read_toml(path: str | Path, kind: str) -> dict[str, Any]:
+    """A TOML file of ``kind`` (``"ladder"``, ``"study"``: named in errors) as a dict; a
+    one-line :class:`~ftscale.errors.UserError` for a folder, a missing file, bytes that are not
+    UTF-8 text, an unreadable file or text that is not TOML."""
+    import tomllib
+
+    from ftscale.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected a {kind} TOML file")
+    if not path.is_file():
+        raise UserError(f"{path}: no such {kind} file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: cannot read: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror or first_line(exc)}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {first_line(exc)}") from None
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

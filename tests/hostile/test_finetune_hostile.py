@@ -75,7 +75,11 @@ CASES = [
     ("shots negative", base("--shots", "-1"), r"'--shots'"),
     ("eval examples zero", base("--eval-examples", "0"), r"'--eval-examples'"),
     # settings generated from the schema: every range is checked before a model loads
-    ("weight decay negative", base("--weight-decay", "-0.1"), r"--weight-decay: .*greater than or equal to 0 \(got -0.1\)"),
+    (
+        "weight decay negative",
+        base("--weight-decay", "-0.1"),
+        r"--weight-decay: .*greater than or equal to 0 \(got -0.1\)",
+    ),
     ("weight decay inf", base("--weight-decay", "inf"), r"--weight-decay: .*finite"),
     ("min steps zero", base("--min-steps", "0"), r"'--min-steps'"),
     ("warmup fraction one", base("--warmup-fraction", "1"), r"--warmup-fraction: .*less than 1"),

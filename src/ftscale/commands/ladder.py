@@ -14,8 +14,7 @@ CACHE_HELP = f"Cache root ({CACHE_DEFAULT})."
 
 
 ladder_app = typer.Typer(
-    help="Base-model ladders: build tiny pretrained LMs or list external ones.",
-    no_args_is_help=True,
+    help="Base-model ladders: build tiny pretrained LMs or list external ones."
 )
 
 

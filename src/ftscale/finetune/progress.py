@@ -52,28 +52,42 @@ class PlainProgress:
         pass
 
 
+def counting_bar(
+    first: str,
+    *,
+    stats: str | None = None,
+    last: str | None = None,
+    console=None,
+    transient: bool = False,
+):
+    """A rich progress bar of counted work (steps, runs): the ``first`` text, the bar, done of
+    total, the ``stats`` text, elapsed time, ETA, then the ``last`` text (``{task...}`` fields
+    allowed in each text)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn(first), BarColumn(), MofNCompleteColumn()]
+    columns += [TextColumn(stats)] if stats else []
+    columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    columns += [TextColumn(last)] if last else []
+    return Progress(*columns, console=console, transient=transient)
+
+
 class LiveProgress:
     """A rich live bar: step, loss, dev NLL (best) and ETA, on stderr."""
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  dev {task.fields[dev]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+        self.bar = counting_bar(
+            "{task.description}",
+            stats="loss {task.fields[loss]}  dev {task.fields[dev]}",
             console=Console(stderr=True),
             transient=True,
         )

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -33,7 +32,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import ftscale
-from ftscale.common import first_line, validation_problems
+from ftscale.common import read_toml, validation_problems
 from ftscale.errors import UserError
 
 #: Version of the on-disk ladder layout and of the pretraining code; part of every cache key.
@@ -175,17 +174,7 @@ class LadderConfig(_Strict):
 
 def load_config(path: str | Path) -> LadderConfig:
     """Read and validate a ladder TOML file; one-line :class:`UserError` naming file and field."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, expected a ladder TOML file")
-    if not path.is_file():
-        raise UserError(f"{path}: no such ladder file")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML: {first_line(exc)}") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror or first_line(exc)}") from None
+    raw = read_toml(path, "ladder")
     return parse_config(raw, str(path))
 
 

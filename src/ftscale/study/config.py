@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from ftscale.common import validation_problems
+from ftscale.common import read_toml, validation_problems
 from ftscale.errors import UserError
 from ftscale.finetune.methods import canonical_name, get_method
 from ftscale.finetune.spec import TASK_DEFAULTS, TrainConfig, study_train_fields
@@ -302,36 +302,24 @@ def builtin_studies() -> list[str]:
     )
 
 
-def read_text(source: str | Path) -> tuple[str, str, Path]:
-    """``(text, origin, base folder)`` of a study file path or ``builtin:NAME``."""
+def read_study(source: str | Path) -> tuple[dict, str, Path]:
+    """``(parsed TOML, origin, base folder)`` of a study file path or ``builtin:NAME``."""
     source = str(source)
-    if source.startswith(BUILTIN_PREFIX):
-        name = source.removeprefix(BUILTIN_PREFIX)
-        if name not in builtin_studies():
-            known = ", ".join(BUILTIN_PREFIX + n for n in builtin_studies())
-            raise UserError(f"{source}: no such built-in study (known: {known})")
-        text = (resources.files("ftscale.study") / "configs" / f"{name}.toml").read_text("utf-8")
-        return text, source, Path.cwd()
-    path = Path(source)
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, not a study file")
-    if not path.is_file():
-        raise UserError(f"{path}: no such study file")
-    try:
-        return path.read_text(encoding="utf-8"), str(path), path.resolve().parent
-    except (OSError, UnicodeDecodeError) as exc:
-        from ftscale.common import first_line
-
-        raise UserError(f"{path}: cannot read: {first_line(exc)}") from None
+    if not source.startswith(BUILTIN_PREFIX):
+        path = Path(source)
+        raw = read_toml(path, "study")
+        return raw, str(path), path.resolve().parent
+    name = source.removeprefix(BUILTIN_PREFIX)
+    if name not in builtin_studies():
+        known = ", ".join(BUILTIN_PREFIX + n for n in builtin_studies())
+        raise UserError(f"{source}: no such built-in study (known: {known})")
+    text = (resources.files("ftscale.study") / "configs" / f"{name}.toml").read_text("utf-8")
+    return tomllib.loads(text), source, Path.cwd()
 
 
 def load_study(source: str | Path) -> Study:
     """Read and validate a study file (a path or ``builtin:NAME``); one-line errors."""
-    text, origin, base = read_text(source)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{origin}: not valid TOML: {exc}") from None
+    raw, origin, base = read_study(source)
     return parse_study(raw, origin, base)
 
 

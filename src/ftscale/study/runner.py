@@ -291,25 +291,9 @@ class _Progress:
         self.mode = "bar" if _tty(mode) else ("none" if mode == "none" else "lines")
         self.start = time.perf_counter()
         if self.mode == "bar":
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from ftscale.finetune.progress import counting_bar
 
-            self.bar = Progress(
-                TextColumn("runs"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.description}"),
-                transient=False,
-            )
+            self.bar = counting_bar("runs", last="{task.description}")
             self.bar.start()
             self.task = self.bar.add_task("", total=total)
 
