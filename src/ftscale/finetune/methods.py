@@ -143,6 +143,17 @@ class Method:
         """Prepended positions (see :attr:`prepends`)."""
         return (self.size(options) or 0) if self.prepends else 0
 
+    @property
+    def family(self) -> str | None:
+        """The study's kind of method (Zhang et al., ICLR 2024 compare the three): ``"full"``
+        (every base weight trains), ``"low-rank"`` (a rank-sized adapter: LoRA, DoRA, LoHa...),
+        ``"prompt"`` (positions prepended to the input: prompt tuning, P-tuning), else None."""
+        if self.trains_base:
+            return "full"
+        if self.prepends:
+            return "prompt"
+        return "low-rank" if self.size_flag == "rank" else None
+
 
 #: The registry: name -> entry (built-ins; PEFT methods are added on first use).
 METHODS: dict[str, Method] = {}
@@ -179,6 +190,15 @@ def get_method(name: str) -> Method:
             )
         register_method(_peft_method(key))
     return METHODS[key]
+
+
+def method_family(name: str) -> str | None:
+    """The family (see :attr:`Method.family`) of a method name or alias; None for a name the
+    registry does not know."""
+    try:
+        return get_method(name).family
+    except UserError:
+        return None
 
 
 def known_methods() -> list[str]:
