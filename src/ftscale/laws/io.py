@@ -18,7 +18,7 @@ import numpy as np
 
 from ftscale.common import first_line, write_text_atomic
 from ftscale.errors import UserError
-from ftscale.laws.compare import FitResult, Fits
+from ftscale.laws.results import FitResult, Fits
 
 #: Suffixes whose content decides between a saved fit and a table.
 JSON_SUFFIXES = (".json",)
