@@ -83,7 +83,7 @@ CASES = [
     ("saved fit missing a field", ["critical", "{missing_field}"], r"fit 1: saved fit is missing"),
     ("saved fit of an unknown form", ["critical", "{badform_saved}"], r"unknown law form"),
     ("not JSON at all", ["critical", "{badjson}"], r"not valid JSON"),
-    ("JSON array of numbers", ["critical", "{ints}"], r"row 1 is a JSON int"),
+    ("JSON array of numbers", ["critical", "{ints}"], r"record 1 of the JSON array is a number"),
     ("JSON scalar", ["critical", "{scalar}"], r"expected saved fits or a table"),
     ("JSON lines with an array line", ["critical", "{badlines}"], r"line 2|row 2"),
     ("fit given a saved fit", ["fit", "{saved}"], r"holds saved fits"),

@@ -425,7 +425,14 @@ def _pair_points(
         xs = sorted({float(v) for r in (r1, r2) for v in r.sizes[:, 0]})
     closed, note = _closed(r1.law, r2.law)
     observed = _common_range(r1.sizes[:, -1], r2.sizes[:, -1])
-    observed_x = _common_range(r1.sizes[:, 0], r2.sizes[:, 0]) if two_var else None
+    pair = {  # the same at every X
+        "first": str(r1.group),
+        "second": str(r2.group),
+        "closed_form": closed,
+        "closed_form_note": note,
+        "observed": observed,
+        "observed_x": _common_range(r1.sizes[:, 0], r2.sizes[:, 0]) if two_var else None,
+    }
     out = []
     for x in xs:
         interval = None
@@ -433,20 +440,8 @@ def _pair_points(
             interval = crossing_interval(r1.bootstrap, r2.bootstrap, x, d_range, level)
         with np.errstate(all="ignore"):
             found = crossings(r1.law, r2.law, x, d_range)
-        out.append(
-            CriticalPoint(
-                first=str(r1.group),
-                second=str(r2.group),
-                x=x,
-                crossings=found,
-                interval=interval,
-                closed_form=closed,
-                observed=observed,
-                observed_x=observed_x,
-                closed_form_note=note,
-                leader=_leader(r1, r2, x, observed),
-            )
-        )
+        leader = _leader(r1, r2, x, observed)
+        out.append(CriticalPoint(x=x, crossings=found, interval=interval, leader=leader, **pair))
     return out
 
 
