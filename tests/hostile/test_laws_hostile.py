@@ -48,6 +48,7 @@ FILES = {
     "ints": ("ints.json", "[1, 2, 3]"),
     "scalar": ("scalar.json", "3"),
     "badlines": ("lines.json", '{"examples": 1, "test_nll": 2}\n[1, 2]\n'),
+    "object": ("object.json", '{\n "examples": [1, 2],\n "test_nll": [3, 2]\n}\n'),
     "syntax": ("syntax.py", "def f(:\n"),
     "raises": ("raises.py", "raise RuntimeError('boom')\n"),
     "notform": ("notform.py", "NUM = 3\n"),
@@ -86,6 +87,7 @@ CASES = [
     ("JSON array of numbers", ["critical", "{ints}"], r"record 1 of the JSON array is a number"),
     ("JSON scalar", ["critical", "{scalar}"], r"expected saved fits or a table"),
     ("JSON lines with an array line", ["critical", "{badlines}"], r"line 2|row 2"),
+    ("JSON object, not saved fits", ["fit", "{object}"], r"got an object without 'fits'"),
     ("fit given a saved fit", ["fit", "{saved}"], r"holds saved fits"),
     # Saved fits refuse the options they would ignore.
     ("saved fit with --x", ["critical", "{saved}", "--x", "params"], r"--x would be ignored"),
