@@ -96,6 +96,21 @@ def test_fit_json_contract_on_the_pilot(tmp_path):
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_middle_holdout_from_the_command_line():
+    code, out, err = run(
+        "fit", PILOT, "--x", "nonembedding_params", "--holdout", "middle:nonembedding_params",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    sizes = sorted(pd.read_csv(PILOT)["nonembedding_params"].unique())
+    assert len(sizes) == 4
+    for fit in json.loads(out)["fits"]:
+        held = {p["nonembedding_params"] for p in fit["points"] if p["heldout"]}
+        assert held == {float(sizes[2])}  # of four sizes, the upper middle one
+    # The axis of the form selection is the rule's column, interpolated (interior values).
+    assert all(s["direction"] == "eq" for s in json.loads(out)["selection"])
+
+
 def test_fit_table_output_and_bootstrap_intervals(two_method_table):
     code, out, _ = run(
         "fit", two_method_table, "--x", "params", "--group", "method", "--bootstrap", "30", "--json"

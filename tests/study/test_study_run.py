@@ -124,6 +124,33 @@ def test_recommend_predicts_each_method(finished_study):
     assert "best method here" in text.stdout
 
 
+def test_recommend_reanalyses_a_fits_file_of_another_format(finished_study, tmp_path):
+    _, study_dir, _ = finished_study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    args = ["recommend", str(copy), "--model-size", "20000", "--examples", "150", "--json"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    expected = json.loads(out.stdout)
+    saved = json.loads((copy / "fits.json").read_text())
+    assert saved["format"] == 2
+    # A fits file in the shape before `format` existed, newer than the store, with laws that
+    # would predict nonsense if they were read: recommend analyses the store again instead.
+    old = {k: v for k, v in saved.items() if k != "format"}
+    old["fits"] = [
+        {
+            **{k: v for k, v in f.items() if k not in ("bootstrap", "variables")},
+            "params": {**f["params"], "A": f["params"]["A"] * 1e6},
+            "bootstrap_thetas": (f.get("bootstrap") or {}).get("thetas"),
+        }
+        for f in saved["fits"]
+    ]
+    (copy / "fits.json").write_text(json.dumps(old))
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == expected
+
+
 def test_report_command_rewrites_the_files(finished_study, tmp_path):
     _, study_dir, _ = finished_study
     out = runner.invoke(app, ["report", str(study_dir), "--output", str(tmp_path)])

@@ -7,6 +7,8 @@ Exit codes: 0 done; 2 bad input (one line, nothing written); 3 the fits were mad
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import sys
@@ -53,7 +55,9 @@ GroupOpt = Annotated[
 SpaceOpt = Annotated[str, typer.Option("--space", help="Residuals in 'log' (default) or 'linear'.")]
 HoldoutOpt = Annotated[
     str | None,
-    typer.Option("--holdout", help="Held-out runs: max:COL, min:COL, COL=VALUE, comma-joined."),
+    typer.Option(
+        "--holdout", help="Held-out runs: max:COL, min:COL, middle:COL, COL=VALUE, comma-joined."
+    ),
 ]
 BootOpt = Annotated[
     int,
@@ -65,17 +69,75 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
-def _read_columns(table: Path):
-    """The table's columns, or the saved fits when a ``.json`` file holds them."""
-    from ftscale.laws.io import JSON_SUFFIXES, read_json_input
+#: The options both commands share, declared once (see :func:`_table_options`): parameter name ->
+#: (annotation, default). They say how to read and fit a table of runs.
+SHARED_OPTIONS = {
+    "x": (XOpt, None),
+    "d": (DOpt, "examples"),
+    "y": (YOpt, "test_nll"),
+    "group": (GroupOpt, None),
+    "space": (SpaceOpt, "log"),
+    "holdout": (HoldoutOpt, None),
+    "bootstrap": (BootOpt, 0),
+    "seed": (SeedOpt, 0),
+}
+
+
+def _table_options(command):
+    """``command`` with :data:`SHARED_OPTIONS` added to its signature (keyword-only, after its
+    table and ``--form``, where ``--help`` lists them) and handed to it checked, as the keyword
+    ``options``: the :func:`ftscale.laws.fit_table` arguments they stand for."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "options"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, (kind, default) in SHARED_OPTIONS.items()
+    ]
+    parameters = [*own[:2], *shared, *own[2:]]
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        given = {name: kwargs.pop(name) for name in SHARED_OPTIONS}
+        return command(*args, options=_fit_options(**given), **kwargs)
+
+    run.__signature__ = signature.replace(parameters=parameters)
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run
+
+
+def _fit_options(*, x, d, y, group, space, holdout, bootstrap, seed) -> dict:
+    """The shared options as :func:`ftscale.laws.fit_table` keywords, refused before any file is
+    read when the space or the bootstrap cannot work."""
+    from ftscale.laws.fit import SPACES
+    from ftscale.laws.uncertainty import check_replicates
+
+    if bootstrap:
+        check_replicates(bootstrap, seed)
+    if space not in SPACES:
+        raise UserError(f"--space must be one of {', '.join(SPACES)}, got {space!r}")
+    return dict(
+        x=x, d=d, y=y, group=group, space=space, holdout=holdout, n_bootstrap=bootstrap, seed=seed
+    )
+
+
+def _default_forms(x: str | None) -> list[str]:
+    """The form of both commands without ``--form``: the study's law with an X, else a power
+    law in D_f."""
+    return ["multiplicative"] if x else ["power"]
+
+
+def _read_input(table: Path):
+    """The fits a ``.json`` file saved by ``ftscale fit --save`` holds (told by its content), or
+    else the table's columns (name -> values), read by the one table reader of ``ftscale.data``."""
+    from ftscale.data.tables import read_table
+    from ftscale.laws.io import JSON_SUFFIXES, read_saved_fits
 
     if table.suffix.lower() in JSON_SUFFIXES:
-        return read_json_input(table)
-    from ftscale.data.tables import read_table
-    from ftscale.laws.io import JsonInput
-
+        fits = read_saved_fits(table)
+        if fits is not None:
+            return fits
     frame = read_table(table)
-    return JsonInput(columns={str(c): frame[c].to_numpy() for c in frame.columns})
+    return {str(c): frame[c].to_numpy() for c in frame.columns}
 
 
 @contextmanager
@@ -120,14 +182,12 @@ def _warning_line(warning) -> str:
     return text
 
 
-def _fit(table: Path, options: dict, quiet: bool):
+def _fitted(table: Path, options: dict, quiet: bool):
     """Read the table and fit it (a saved fit is refused: there is nothing to fit)."""
-    from ftscale.laws import fit_table
-
-    data = _read_columns(table)
-    if data.fits is not None:
+    data = _read_input(table)
+    if not isinstance(data, dict):
         raise UserError(f"{table}: holds saved fits, not runs; give it to `ftscale critical`")
-    return _fit_columns(table, data.columns, options, quiet, fit_table)
+    return _fit_columns(table, data, options, quiet)
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -218,17 +278,12 @@ def _plot_writer(plotter, *args, **kwargs):
     return write
 
 
+@_table_options
 def fit(
     table: TableArg,
+    *,
     form: FormOpt = None,
-    x: XOpt = None,
-    d: DOpt = "examples",
-    y: YOpt = "test_nll",
-    group: GroupOpt = None,
-    space: SpaceOpt = "log",
-    holdout: HoldoutOpt = None,
-    bootstrap: BootOpt = 0,
-    seed: SeedOpt = 0,
+    options: dict,
     predict: Annotated[
         list[str] | None,
         typer.Option("--predict", help="Predict at X,D (or D) with its interval; repeatable."),
@@ -244,76 +299,48 @@ def fit(
     and report parameters, warnings and held-out errors."""
     from ftscale.laws.compare import parse_point
     from ftscale.laws.io import check_outputs, write_or_rescue
-    from ftscale.laws.uncertainty import check_replicates
 
     check_outputs({"--plot": plot, "--save": save})
-    if bootstrap:
-        check_replicates(bootstrap, seed)
-    options = dict(
-        forms=form or (["multiplicative"] if x else ["power"]),
-        x=x,
-        d=d,
-        y=y,
-        group=group,
-        space=space,
-        holdout=holdout,
-        n_bootstrap=bootstrap,
-        seed=seed,
-        at=[parse_point(p) for p in predict or []],
-    )
-    results = _fit(table, options, quiet)
+    forms = form or _default_forms(options["x"])
+    at = [parse_point(p) for p in predict or []]
+    results = _fitted(table, {**options, "forms": forms, "at": at}, quiet)
     document = json.dumps(results.to_dict(points=True), indent=1)
     if json_out:
         typer.echo(document)
     else:
-        _render_fits(results, table, space)
+        _render_fits(results, table, options["space"])
     outputs = []
     if save is not None:
         outputs.append((save, lambda path: write_or_rescue(path, document, "the fits")))
     if plot is not None:
         from ftscale.report.figures import plot_fits
 
-        outputs.append((plot, _plot_writer(plot_fits, results, y_label=y)))
+        outputs.append((plot, _plot_writer(plot_fits, results, y_label=options["y"])))
     _finish(outputs)
+
+
+#: Shared options a saved fit cannot use, by their ``fit_table`` keyword.
+_REFITTING = {"--x": "x", "--holdout": "holdout", "--bootstrap": "n_bootstrap", "--group": "group"}
 
 
 def _saved_or_fitted(table, form, options, quiet):
     """Saved fits (refusing the fitting options they cannot use) or fits of a table of runs."""
-    data = _read_columns(table)
-    if data.fits is None:
-        from ftscale.laws import fit_table
-
-        options = {
-            **options,
-            "forms": [form] if form else (["multiplicative"] if options["x"] else ["power"]),
-        }
-        return _fit_columns(table, data.columns, options, quiet, fit_table)
-    given = [
-        o
-        for o, v in (
-            ("--x", options["x"]),
-            ("--holdout", options["holdout"]),
-            ("--bootstrap", options["n_bootstrap"]),
-            ("--group", options["group"]),
-        )
-        if v
-    ]
+    data = _read_input(table)
+    if isinstance(data, dict):
+        forms = [form] if form else _default_forms(options["x"])
+        return _fit_columns(table, data, {**options, "forms": forms}, quiet)
+    given = [option for option, key in _REFITTING.items() if options[key]]
     if given:
         raise UserError(
             f"{table} holds saved fits: {', '.join(given)} would be ignored; refit the runs "
             "with `ftscale fit --save` to change them"
         )
-    results = data.fits
-    if form is not None:
-        results = [r for r in results if r.form == form]
-    return results
+    return [r for r in data if form is None or r.form == form]
 
 
-def _fit_columns(table, columns, options, quiet, fit_table):
-    from ftscale.laws.fit import SPACES
+def _fit_columns(table, columns, options, quiet):
+    from ftscale.laws import fit_table
 
-    if options["space"] not in SPACES:
-        raise UserError(f"--space must be one of {', '.join(SPACES)}, got {options['space']!r}")
     with warnings.catch_warnings(record=True) as caught, _progress(quiet) as progress:
         warnings.simplefilter("always")
         results = fit_table(columns, source=str(table), progress=progress, **options)
@@ -322,27 +349,22 @@ def _fit_columns(table, columns, options, quiet, fit_table):
     return results
 
 
+@_table_options
 def critical(
     table: TableArg,
+    *,
     form: Annotated[
         str | None,
         typer.Option(
             "--form", "-f", help="Law form (default: multiplicative with --x, else power)."
         ),
     ] = None,
-    x: XOpt = None,
-    d: DOpt = "examples",
-    y: YOpt = "test_nll",
-    group: GroupOpt = None,
-    space: SpaceOpt = "log",
-    holdout: HoldoutOpt = None,
+    options: dict,
     at: Annotated[
         list[float] | None, typer.Option("--at", help="X values to evaluate at (repeatable).")
     ] = None,
     d_min: Annotated[float, typer.Option("--d-min", help="Smallest D_f searched.")] = 1.0,
     d_max: Annotated[float, typer.Option("--d-max", help="Largest D_f searched.")] = 1e12,
-    bootstrap: BootOpt = 0,
-    seed: SeedOpt = 0,
     plot: PlotOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -351,15 +373,9 @@ def critical(
     from ftscale.laws import critical_points
     from ftscale.laws.compare import check_critical_inputs
     from ftscale.laws.io import check_outputs
-    from ftscale.laws.uncertainty import check_replicates
 
     check_outputs({"--plot": plot})
     check_critical_inputs(at, (d_min, d_max))
-    if bootstrap:
-        check_replicates(bootstrap, seed)
-    options = dict(
-        x=x, d=d, y=y, group=group, space=space, holdout=holdout, n_bootstrap=bootstrap, seed=seed
-    )
     results = _saved_or_fitted(table, form, options, quiet)
     points = critical_points(results, xs=at, d_range=(d_min, d_max), form=form)
     if json_out:

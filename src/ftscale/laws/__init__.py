@@ -12,15 +12,25 @@ numpy and scipy only: nothing here imports torch. The pieces, from the bottom up
 * :mod:`~ftscale.laws.critical`: critical data sizes between methods;
 * :mod:`~ftscale.laws.selection`: choosing a form without the held-out runs;
 * :mod:`~ftscale.laws.diagnostics`: warnings for degenerate fits;
-* :mod:`~ftscale.laws.compare`: all of it on a table of runs, per group and form;
-* :mod:`~ftscale.laws.io`: saved fits, JSON tables, output locations.
+* :mod:`~ftscale.laws.results`: a fitted law with its held-out evaluation (:class:`FitResult`),
+  its JSON record and the way back from it;
+* :mod:`~ftscale.laws.compare`: all of it on a table of runs, per group and form, and critical
+  points between groups;
+* :mod:`~ftscale.laws.io`: saved fits and output locations.
 """
 
-from ftscale.laws.compare import CriticalPoint, FitResult, Fits, critical_points, fit_table
+from ftscale.laws.compare import CriticalPoint, critical_points, fit_table
 from ftscale.laws.critical import closed_form, critical_curve, crossings
 from ftscale.laws.fit import FitWarning, JointScalingLaw, ScalingLaw
 from ftscale.laws.forms import LawForm, available_forms, custom_form, get_form, register_form
 from ftscale.laws.holdout import HoldoutRule, holdout_mask, mean_abs_deviation
+from ftscale.laws.results import (
+    FitResult,
+    Fits,
+    bootstrap_from_record,
+    bootstrap_results,
+    law_from_record,
+)
 from ftscale.laws.selection import Selection, select_form
 from ftscale.laws.uncertainty import Bootstrap, bootstrap, bootstrap_many
 from ftscale.laws.userforms import resolve_form
@@ -38,7 +48,9 @@ __all__ = [
     "Selection",
     "available_forms",
     "bootstrap",
+    "bootstrap_from_record",
     "bootstrap_many",
+    "bootstrap_results",
     "closed_form",
     "critical_curve",
     "critical_points",
@@ -47,6 +59,7 @@ __all__ = [
     "fit_table",
     "get_form",
     "holdout_mask",
+    "law_from_record",
     "mean_abs_deviation",
     "register_form",
     "resolve_form",

@@ -11,208 +11,23 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ftscale.common import first_line
 from ftscale.errors import DataError, UserError
-from ftscale.laws.critical import D_RANGE, closed_form, crossings
-from ftscale.laws.diagnostics import diagnose
+from ftscale.laws.critical import D_RANGE, closed_form, crossings, loss_at
 from ftscale.laws.fit import FitWarning, ScalingLaw, Space
 from ftscale.laws.forms import LawForm
-from ftscale.laws.holdout import HoldoutRule, holdout_mask, mean_abs_deviation
+from ftscale.laws.holdout import HoldoutRule, holdout_mask
+from ftscale.laws.results import FitResult, Fits, bootstrap_results, fit_residuals, json_float
 from ftscale.laws.selection import Selection, select_form
-from ftscale.laws.uncertainty import (
-    LEVEL,
-    Bootstrap,
-    bootstrap_many,
-    check_replicates,
-    crossing_interval,
-)
+from ftscale.laws.uncertainty import LEVEL, check_replicates, crossing_interval
 from ftscale.laws.userforms import resolve_form
 
 #: Column grouped by when no ``--group`` is given and the table has it (both commands).
 DEFAULT_GROUP = "method"
-
-
-@dataclass
-class FitResult:
-    """One form fitted to one group of runs, with its held-out evaluation.
-
-    Attributes:
-        form, group, space: what was fitted, to which runs, with residuals in which space.
-        law: the fitted :class:`ScalingLaw`.
-        variables: form variable -> table column (e.g. ``{"x": "params", "d": "examples"}``).
-        sizes, observed, predicted, heldout: per run (sizes are raw counts; losses in nats/token).
-        delta_e, delta_h: mean absolute deviation on fitted / held-out runs (nats per token).
-        bootstrap: the replicates when uncertainty was asked for.
-        warnings: one-line diagnostics of the fit (:mod:`ftscale.laws.diagnostics`).
-        selected: whether the selection (:mod:`ftscale.laws.selection`) chose this form.
-        selection_score: its nested-extrapolation score (nats), None if not scored.
-        bands: per run, the 95 % bootstrap prediction interval (low, high), when bootstrapped.
-        requested: predictions at user-requested sizes, each ``{column: size, "predicted",
-            "interval"}``.
-    """
-
-    form: str
-    group: str | None
-    space: str
-    law: ScalingLaw
-    variables: dict[str, str]
-    sizes: np.ndarray
-    observed: np.ndarray
-    predicted: np.ndarray
-    heldout: np.ndarray
-    delta_e: float
-    delta_h: float
-    bootstrap: Bootstrap | None = field(default=None, repr=False)
-    warnings: list[str] = field(default_factory=list)
-    selected: bool = False
-    selection_score: float | None = None
-    bands: np.ndarray | None = field(default=None, repr=False)
-    requested: list[dict] = field(default_factory=list)
-    form_spec: str | None = None
-
-    @property
-    def n_fit(self) -> int:
-        """Runs used for fitting."""
-        return int((~self.heldout).sum())
-
-    @property
-    def n_heldout(self) -> int:
-        """Runs held out."""
-        return int(self.heldout.sum())
-
-    def intervals(self, level: float = 0.95) -> dict[str, list[float]]:
-        """Bootstrap percentile intervals per parameter (empty without a bootstrap)."""
-        if self.bootstrap is None:
-            return {}
-        return {k: list(v) for k, v in self.bootstrap.intervals(level).items()}
-
-    def coverage(self) -> dict | None:
-        """Share of held-out runs inside their 95 % prediction interval (None without bands)."""
-        if self.bands is None:
-            return None
-        held = self.heldout & np.isfinite(self.bands).all(axis=1)
-        inside = (self.bands[:, 0] <= self.observed) & (self.observed <= self.bands[:, 1])
-        n = int(held.sum())
-        return {
-            "level": LEVEL,
-            "heldout": float(inside[held].mean()) if n else None,
-            "n": n,
-        }
-
-    def to_dict(self, points: bool = False) -> dict:
-        """The JSON record of ``ftscale fit --json`` (``points=True`` adds per-run predictions)."""
-        record = {
-            "form": self.form,
-            "form_spec": self.form_spec or self.form,
-            "group": self.group,
-            "space": self.space,
-            "params": dict(self.law.params_),
-            "objective": _json_float(self.law.objective_),
-            "converged": self.law.converged_,
-            "n_fit": self.n_fit,
-            "n_heldout": self.n_heldout,
-            "delta_e": _json_float(self.delta_e),
-            "delta_h": _json_float(self.delta_h),
-            "intervals": self.intervals(),
-            "variables": dict(self.variables),
-            "warnings": list(self.warnings),
-            "selected": self.selected,
-            "selection_score": _json_float(self.selection_score),
-            "coverage": self.coverage(),
-            "predictions": self.requested,
-        }
-        if points:
-            record["points"] = self._points()
-        if self.bootstrap is not None:
-            record["bootstrap"] = {
-                "seed": self.bootstrap.seed,
-                "thetas": [[_json_float(v) for v in row] for row in self.bootstrap.thetas],
-            }
-        return record
-
-    def _points(self) -> list[dict]:
-        out = []
-        for i, (row, obs, pred, held) in enumerate(
-            zip(self.sizes, self.observed, self.predicted, self.heldout, strict=True)
-        ):
-            point = {
-                **{col: float(v) for col, v in zip(self.variables.values(), row, strict=True)},
-                "observed": float(obs),
-                "predicted": _json_float(pred),
-                "heldout": bool(held),
-            }
-            if self.bands is not None:
-                point["interval"] = [_json_float(v) for v in self.bands[i]]
-            out.append(point)
-        return out
-
-    @classmethod
-    def from_dict(cls, record: Mapping) -> FitResult:
-        """Rebuild a result saved by :meth:`to_dict` (with ``points=True``)."""
-        try:
-            law = ScalingLaw.from_params(
-                resolve_form(record.get("form_spec") or record["form"]),
-                record["params"],
-                space=record["space"],
-            )
-            law.objective_ = _from_json_float(record.get("objective"))
-            variables = dict(record["variables"])
-            points = record.get("points", [])
-            sizes = np.array([[p[c] for c in variables.values()] for p in points], float)
-            result = cls(
-                form=record["form"],
-                group=record.get("group"),
-                space=record["space"],
-                law=law,
-                variables=variables,
-                sizes=sizes.reshape(len(points), len(variables)),
-                observed=np.array([p["observed"] for p in points], float),
-                predicted=np.array([_from_json_float(p["predicted"]) for p in points], float),
-                heldout=np.array([p["heldout"] for p in points], bool),
-                delta_e=_from_json_float(record.get("delta_e")),
-                delta_h=_from_json_float(record.get("delta_h")),
-                warnings=list(record.get("warnings", [])),
-                form_spec=record.get("form_spec"),
-            )
-            if record.get("bootstrap"):
-                thetas = [
-                    [_from_json_float(v) for v in row] for row in record["bootstrap"]["thetas"]
-                ]
-                result.bootstrap = Bootstrap(
-                    law=law, thetas=np.array(thetas, float), seed=int(record["bootstrap"]["seed"])
-                )
-        except KeyError as exc:
-            raise UserError(f"saved fit is missing field {exc}") from None
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"saved fit has a malformed record: {first_line(exc)}") from None
-        return result
-
-
-class Fits(list):
-    """The :class:`FitResult` list of :func:`fit_table`, with the form selection per group."""
-
-    selections: list[Selection]
-    group_columns: list[str]
-
-    def to_dict(self, points: bool = True) -> dict:
-        """The JSON document of ``ftscale fit --json`` / ``--save``."""
-        return {
-            "fits": [r.to_dict(points=points) for r in self],
-            "selection": [s.to_dict() for s in getattr(self, "selections", [])],
-            "group_columns": list(getattr(self, "group_columns", [])),
-        }
-
-
-def _json_float(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _from_json_float(value) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def numeric_column(columns: Mapping[str, np.ndarray], name: str, source: str) -> np.ndarray:
@@ -277,6 +92,18 @@ class _Group:
     held: np.ndarray  # bool per row of the group
 
 
+@dataclass(frozen=True)
+class _Roles:
+    """The table's numeric columns by name, which of them play X, D_f and the loss, and the
+    residual space every fit uses."""
+
+    numbers: dict[str, np.ndarray]
+    x: str | None
+    d: str
+    y: str
+    space: Space
+
+
 def fit_table(
     columns: Mapping[str, np.ndarray],
     *,
@@ -285,7 +112,7 @@ def fit_table(
     x: str | None = None,
     forms: Sequence[str | LawForm] = ("multiplicative",),
     group: str | Sequence[str] | None = None,
-    holdout: str | None = None,
+    holdout: str | Sequence[HoldoutRule] | None = None,
     space: Space = "log",
     n_bootstrap: int = 0,
     seed: int = 0,
@@ -305,10 +132,10 @@ def fit_table(
             the same split.
         group: column(s) whose value combinations get one fit each; None: ``method`` if the
             table has it (see :func:`group_columns`).
-        holdout: held-out rule (see :mod:`ftscale.laws.holdout`), applied within each group.
+        holdout: held-out rules, as text or :class:`HoldoutRule` objects (see
+            :mod:`ftscale.laws.holdout`), applied within each group.
         space: residual space of the fits.
-        n_bootstrap: replicates for intervals (0: none).
-        seed: bootstrap seed (0 or more).
+        n_bootstrap, seed: bootstrap replicates for intervals (0: none) and their seed (0 or more).
         source: name of the table in error messages (e.g. its file name).
         at: sizes to predict at, each ``(D,)`` or ``(X, D)``, with intervals when bootstrapped.
         progress: ``progress(done, total)`` over bootstrap replicates.
@@ -320,20 +147,19 @@ def fit_table(
     if n_bootstrap:
         check_replicates(n_bootstrap, seed)
     numbers = {c: numeric_column(columns, c, source) for c in (y, d, x) if c is not None}
+    roles = _Roles(numbers, x, d, y, space)
     points = [_check_point(p, x) for p in at]
     labels = _labels(columns, groups, len(numbers[y]))
     held = holdout_mask(holdout, columns, labels if groups else None)
+    axis = _selection_axis(holdout, x, d)
     results = Fits()
     results.group_columns, results.selections = groups, []
     for part in _groups(columns, labels, groups, held, source):
-        fits = [_fit_one(form, part, numbers, x, d, y, space) for form in resolved]
-        for fit in fits:
-            fit.form_spec = specs.get(fit.form)
-        axis = _selection_axis(holdout, x, d)
+        fits = [_fit_one(form, part, roles, specs.get(form.name)) for form in resolved]
         results.selections.append(_select(resolved, fits, part, columns, axis=axis, space=space))
         results.extend(fits)
     if n_bootstrap:
-        _bootstrap(results, n_bootstrap, seed, progress)
+        bootstrap_results(results, n_bootstrap, seed, progress)
     for result in results:
         result.requested = _requested(result, points)
     return results
@@ -381,40 +207,28 @@ def _groups(columns, labels, groups, held, source) -> list[_Group]:
     return out
 
 
-def _fit_one(form: LawForm, part: _Group, numbers, x, d, y, space) -> FitResult:
-    variables = {v: (x if v == "x" else d) for v in form.variables}
-    sizes = np.column_stack([numbers[c][part.rows] for c in variables.values()])
-    losses = numbers[y][part.rows]
+def _fit_one(form: LawForm, part: _Group, roles: _Roles, spec: str | None) -> FitResult:
+    """One form fitted to one group's fitting runs; ``spec`` is how the form was named (see
+    :func:`_resolve`)."""
+    variables = {v: (roles.x if v == "x" else roles.d) for v in form.variables}
+    sizes = np.column_stack([roles.numbers[c][part.rows] for c in variables.values()])
+    losses = roles.numbers[roles.y][part.rows]
     fit = ~part.held
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        # Recorded and dropped: non-convergence is reported once, by the result's diagnostics.
+        with warnings.catch_warnings(record=True):
             warnings.simplefilter("always", FitWarning)
-            law = ScalingLaw(form, space=space).fit(
+            law = ScalingLaw(form, space=roles.space).fit(
                 sizes[fit], losses[fit], names=list(variables.values()), rows=part.rows[fit] + 1
             )
     except DataError as exc:
         raise DataError(f"{part.where}, form {form.name}: {exc}") from None
-    del caught  # non-convergence is reported by diagnose(), once
-    # Held-out sizes may be invalid (a zero) without blocking the fit; predict what we can.
-    with np.errstate(all="ignore"):
-        ok = np.isfinite(sizes).all(axis=1) & (sizes > 0).all(axis=1)
-        predicted = np.full(len(losses), np.nan)
-        predicted[ok] = law.predict(sizes[ok])
-    unused = {"--x": x} if x is not None and "x" not in form.variables else {}
-    return FitResult(
-        form=form.name,
-        group=part.label,
-        space=space,
-        law=law,
-        variables=variables,
-        sizes=sizes,
-        observed=losses,
-        predicted=predicted,
-        heldout=part.held.copy(),
-        delta_e=mean_abs_deviation(predicted[fit], losses[fit]),
-        delta_h=mean_abs_deviation(predicted[~fit], losses[~fit]),
-        warnings=diagnose(law, sizes[fit], losses[fit], columns=variables, unused=unused),
+    unused = {"--x": roles.x} if roles.x is not None and "x" not in form.variables else {}
+    result = FitResult.from_law(
+        law, sizes, losses, part.held, variables=variables, group=part.label, unused=unused
     )
+    result.form_spec = spec
+    return result
 
 
 def _select(forms, fits, part, columns, *, axis: tuple[str, str, float | None], space) -> Selection:
@@ -444,62 +258,33 @@ def _select(forms, fits, part, columns, *, axis: tuple[str, str, float | None], 
 
 
 def _selection_axis(holdout, x, d) -> tuple[str, str, float | None]:
-    """The held-out rule's column and direction; without a rule, X if given, else D."""
-    rules = HoldoutRule.parse(holdout) if holdout else []
-    if rules:
-        rule = rules[0]
-        if rule.kind == "eq":
-            try:
-                return rule.column, "eq", float(rule.value)
-            except ValueError:
-                return rule.column, "eq", None
+    """The first held-out rule's column and direction (a ``middle``, ``=`` or list rule
+    interpolates: interior values are left out); without a rule, X if given, else D."""
+    rules = HoldoutRule.parse(holdout) if isinstance(holdout, str) else list(holdout or [])
+    if not rules:
+        return (x or d), "max", None
+    rule = rules[0]
+    if rule.kind in ("max", "min"):
         return rule.column, rule.kind, None
-    return (x or d), "max", None
-
-
-def _bootstrap(results: Fits, n: int, seed: int, progress) -> None:
-    items = [(r.law, r.sizes[~r.heldout], r.observed[~r.heldout]) for r in results]
-    replicates = bootstrap_many(items, n, seed=seed, progress=progress)
-    for result, boot in zip(results, replicates, strict=True):
-        result.bootstrap = boot
-        fit = ~result.heldout
-        residuals = _residuals(result.law, result.sizes[fit], result.observed[fit])
-        bands = np.full((len(result.observed), 2), np.nan)
-        ok = np.isfinite(result.predicted)
-        if ok.any() and boot.n_failed < len(boot.thetas):
-            low, high = boot.predict_interval(result.sizes[ok], residuals=residuals)
-            bands[ok] = np.column_stack([low, high])
-        result.bands = bands
-        if boot.n_unconverged:
-            result.warnings.append(
-                f"{boot.n_unconverged} of {n} bootstrap refits stopped at their iteration limit"
-            )
-        if boot.n_failed:
-            result.warnings.append(
-                f"{boot.n_failed} of {n} bootstrap resamples could not be fitted"
-            )
-
-
-def _residuals(law: ScalingLaw, sizes: np.ndarray, losses: np.ndarray) -> np.ndarray:
-    """The fit's residuals in its own space (log or linear), for prediction intervals."""
-    predicted = law.predict(sizes)
-    return np.log(predicted / losses) if law.space == "log" else predicted - losses
+    value = rule.value if rule.kind == "eq" else next(iter(rule.values), None)
+    try:
+        return rule.column, "eq", None if value is None else float(value)
+    except ValueError:
+        return rule.column, "eq", None
 
 
 def _requested(result: FitResult, points: Sequence[tuple[float, ...]]) -> list[dict]:
     out = []
     names = list(result.variables.values())
+    residuals = fit_residuals(result) if result.bootstrap is not None else None
     for point in points:
         sizes = np.array([point[-len(names) :]], float)  # one-variable forms take D only
         with np.errstate(all="ignore"):
             predicted = float(result.law.predict(sizes)[0])
         record = {**dict(zip(names, sizes[0].tolist(), strict=True)), "predicted": predicted}
         if result.bootstrap is not None:
-            fit = ~result.heldout
-            low, high = result.bootstrap.predict_interval(
-                sizes, residuals=_residuals(result.law, result.sizes[fit], result.observed[fit])
-            )
-            record["interval"] = [_json_float(low[0]), _json_float(high[0])]
+            low, high = result.bootstrap.predict_interval(sizes, result.level, residuals=residuals)
+            record["interval"] = [json_float(low[0]), json_float(high[0])]
         out.append(record)
     return out
 
@@ -518,6 +303,8 @@ class CriticalPoint:
             equal (as the study's Table 5 reports such pairs), see ``closed_form_note``.
         closed_form_note: why the closed form is missing or only approximate ("" when exact).
         observed: the D_f range both groups' runs cover; observed_x: their common X range.
+        leader: the group with the lower predicted loss at this X and the smallest D_f both
+            groups ran (None without runs or where a law gives no finite loss there).
     """
 
     first: str
@@ -529,6 +316,7 @@ class CriticalPoint:
     observed: tuple[float, float] | None = None
     observed_x: tuple[float, float] | None = None
     closed_form_note: str = ""
+    leader: str | None = None
 
     @property
     def x_extrapolated(self) -> bool:
@@ -548,6 +336,7 @@ class CriticalPoint:
 
     def to_dict(self) -> dict:
         """The JSON record of ``ftscale critical --json``."""
+        closed = self.closed_form or (None, None)
         return {
             "first": self.first,
             "second": self.second,
@@ -555,10 +344,12 @@ class CriticalPoint:
             "crossings": self.crossings,
             "extrapolated": self.extrapolated(),
             "x_extrapolated": self.x_extrapolated,
-            "interval": None if self.interval is None else [_json_float(v) for v in self.interval],
-            "H": None if self.closed_form is None else self.closed_form[0],
-            "gamma": None if self.closed_form is None else self.closed_form[1],
+            "interval": None if self.interval is None else [json_float(v) for v in self.interval],
+            "H": closed[0],
+            "gamma": closed[1],
             "closed_form_note": self.closed_form_note or None,
+            "observed": None if self.observed is None else list(self.observed),
+            "leader": self.leader,
         }
 
 
@@ -599,11 +390,13 @@ def critical_points(
     xs: Sequence[float] | None = None,
     d_range: tuple[float, float] = D_RANGE,
     form: str | None = None,
+    level: float = LEVEL,
 ) -> list[CriticalPoint]:
     """Critical D_f between every pair of groups, at each X in ``xs``.
 
     ``results`` are fits of one form per group (the first form present is used unless ``form``
-    names one). Without ``xs`` the distinct X values of the runs are used.
+    names one). Without ``xs`` each pair is evaluated at the distinct X values either group ran.
+    Crossing intervals (when both fits are bootstrapped) are central at ``level``.
     """
     check_critical_inputs(xs, d_range)
     if not results:
@@ -615,36 +408,53 @@ def critical_points(
             f"critical points need fits of at least two groups with form {form!r}, got "
             f"{len(fits)} (group the runs with --group COL; the default is {DEFAULT_GROUP!r})"
         )
-    two_var = "x" in results[[r.form for r in results].index(form)].law.form_.variables
-    if xs is None:
-        xs = sorted({float(v) for r in fits.values() for v in r.sizes[:, 0]}) if two_var else [None]
-    elif not two_var:
-        xs = [None]
     out = []
-    for (g1, r1), (g2, r2) in itertools.combinations(fits.items(), 2):
-        closed, note = _closed(r1.law, r2.law)
-        observed = _common_range(r1.sizes[:, -1], r2.sizes[:, -1])
-        observed_x = _common_range(r1.sizes[:, 0], r2.sizes[:, 0]) if two_var else None
-        for x in xs:
-            interval = None
-            if r1.bootstrap is not None and r2.bootstrap is not None:
-                interval = crossing_interval(r1.bootstrap, r2.bootstrap, x, d_range)
-            with np.errstate(all="ignore"):
-                found = crossings(r1.law, r2.law, x, d_range)
-            out.append(
-                CriticalPoint(
-                    first=str(g1),
-                    second=str(g2),
-                    x=x,
-                    crossings=found,
-                    interval=interval,
-                    closed_form=closed,
-                    observed=observed,
-                    observed_x=observed_x,
-                    closed_form_note=note,
-                )
-            )
+    for first, second in itertools.combinations(fits.values(), 2):
+        out += _pair_points(first, second, xs=xs, d_range=d_range, level=level)
     return out
+
+
+def _pair_points(
+    r1: FitResult, r2: FitResult, *, xs, d_range: tuple[float, float], level: float
+) -> list[CriticalPoint]:
+    """The critical points of one pair of fits at each X (see :func:`critical_points`)."""
+    two_var = "x" in r1.law.form_.variables
+    if not two_var:
+        xs = [None]
+    elif xs is None:
+        xs = sorted({float(v) for r in (r1, r2) for v in r.sizes[:, 0]})
+    closed, note = _closed(r1.law, r2.law)
+    observed = _common_range(r1.sizes[:, -1], r2.sizes[:, -1])
+    pair = {  # the same at every X
+        "first": str(r1.group),
+        "second": str(r2.group),
+        "closed_form": closed,
+        "closed_form_note": note,
+        "observed": observed,
+        "observed_x": _common_range(r1.sizes[:, 0], r2.sizes[:, 0]) if two_var else None,
+    }
+    out = []
+    for x in xs:
+        interval = None
+        if r1.bootstrap is not None and r2.bootstrap is not None:
+            interval = crossing_interval(r1.bootstrap, r2.bootstrap, x, d_range, level)
+        with np.errstate(all="ignore"):
+            found = crossings(r1.law, r2.law, x, d_range)
+        leader = _leader(r1, r2, x, observed)
+        out.append(CriticalPoint(x=x, crossings=found, interval=interval, leader=leader, **pair))
+    return out
+
+
+def _leader(r1: FitResult, r2: FitResult, x, observed) -> str | None:
+    """The group predicted lower at X and the smallest D_f both ran (see CriticalPoint)."""
+    if observed is None:
+        return None
+    d = np.array([observed[0]])
+    with np.errstate(all="ignore"):
+        first, second = (float(loss_at(r.law, x, d)[0]) for r in (r1, r2))
+    if not (math.isfinite(first) and math.isfinite(second)):
+        return None
+    return str(r1.group) if first < second else str(r2.group)
 
 
 def _common_range(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:

@@ -24,7 +24,9 @@ from ftscale.laws.fit import ScalingLaw
 D_RANGE = (1.0, 1e12)
 
 
-def _loss_at(law: ScalingLaw, x: float | None, d: np.ndarray) -> np.ndarray:
+def loss_at(law: ScalingLaw, x: float | None, d: np.ndarray) -> np.ndarray:
+    """Predicted loss of ``law`` at X = ``x`` (ignored by one-variable laws) and each D_f in
+    ``d``."""
     variables = law.form_.variables
     if variables == ("d",):
         return law.predict(d[:, None])
@@ -50,11 +52,11 @@ def crossings(
     if not 0 < lo < hi:
         raise UserError(f"D_f range must satisfy 0 < low < high, got {d_range}")
     grid = np.geomspace(lo, hi, n_grid)
-    diff = _loss_at(law1, x, grid) - _loss_at(law2, x, grid)
+    diff = loss_at(law1, x, grid) - loss_at(law2, x, grid)
 
     def f(log_d: float) -> float:
         d = np.array([np.exp(log_d)])
-        return float((_loss_at(law1, x, d) - _loss_at(law2, x, d))[0])
+        return float((loss_at(law1, x, d) - loss_at(law2, x, d))[0])
 
     found = []
     for i in np.flatnonzero(np.sign(diff[:-1]) * np.sign(diff[1:]) <= 0):

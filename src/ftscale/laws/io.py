@@ -1,8 +1,10 @@
-"""Files of the law commands: saved fits, JSON tables, and output locations checked before work.
+"""Files of the law commands: saved fits, and output locations checked before any work.
 
 A ``.json`` file given to ``ftscale fit`` or ``ftscale critical`` is read by its content, never by
-its name alone: a JSON object with a ``fits`` list is a fit saved by ``ftscale fit --save``; a JSON
-array of records, or one record per line (JSON lines), is a table of runs.
+its name alone: a JSON object with a ``fits`` list is a fit saved by ``ftscale fit --save``
+(:func:`read_saved_fits`); anything else is a table of runs, read by the one table reader,
+:func:`ftscale.data.tables.read_table` (the command layer puts the two together: ``laws`` does not
+import ``data``).
 """
 
 from __future__ import annotations
@@ -11,14 +13,11 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from ftscale.common import first_line, write_text_atomic
 from ftscale.errors import UserError
-from ftscale.laws.compare import FitResult, Fits
+from ftscale.laws.results import FitResult, Fits
 
 #: Suffixes whose content decides between a saved fit and a table.
 JSON_SUFFIXES = (".json",)
@@ -26,80 +25,31 @@ JSON_SUFFIXES = (".json",)
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
-@dataclass
-class JsonInput:
-    """What a ``.json`` file holds: saved fits, or a table of runs (column -> values)."""
+def read_saved_fits(path: Path) -> Fits | None:
+    """The fits ``path`` holds when it is a fit saved by ``ftscale fit --save``, else None (a
+    table of runs, or a file the table reader will report as missing, unreadable or not UTF-8).
 
-    fits: Fits | None = None
-    columns: dict[str, np.ndarray] | None = None
-
-
-def read_json_input(path: Path) -> JsonInput:
-    """Read ``path`` (a ``.json`` file) as saved fits or as a table, deciding by content."""
-    text = _read_text(path)
-    stripped = text.lstrip()
-    if not stripped:
-        raise UserError(f"{path}: file is empty")
+    Saved fits are one JSON document whose top level is an object with a ``fits`` key. A document
+    that is valid JSON but can be neither saved fits nor a table is refused here, with a message
+    naming both: a number, string or other scalar, or an object without ``fits`` spread over
+    several lines (a one-line object is a one-row table in JSON lines).
+    """
+    try:
+        text = path.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text or text.startswith("["):
+        return None  # empty, or a JSON array of records
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if stripped.startswith("{") and "\n" in stripped.strip():
-            return JsonInput(columns=_records(_json_lines(path, text), path))
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except json.JSONDecodeError:
+        return None  # JSON lines, or broken JSON: the table reader names the line at fault
     if isinstance(data, dict) and "fits" in data:
-        return JsonInput(fits=saved_fits(data, path))
-    if isinstance(data, dict):
-        return JsonInput(columns=_records([data], path))
-    if isinstance(data, list):
-        return JsonInput(columns=_records(data, path))
-    raise UserError(
-        f"{path}: expected saved fits or a table of runs, got a JSON {type(data).__name__}"
-    )
-
-
-def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a file")
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {first_line(exc)}") from None
-
-
-def _json_lines(path: Path, text: str) -> list:
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {number} is not JSON ({exc.msg})") from None
-    return records
-
-
-def _records(records: list, path: Path) -> dict[str, np.ndarray]:
-    """JSON records (objects) -> columns; a record that is not an object is named by its row."""
-    if not records:
-        raise UserError(f"{path}: table has no rows")
-    keys: dict[str, None] = {}
-    for i, record in enumerate(records, 1):
-        if not isinstance(record, dict):
-            raise UserError(
-                f"{path}: row {i} is a JSON {type(record).__name__}, expected an object of fields"
-            )
-        keys.update(dict.fromkeys(map(str, record)))
-    return {k: _column([r.get(k) for r in records]) for k in keys}
-
-
-def _column(values: list) -> np.ndarray:
-    """Numbers as floats (None -> NaN), anything else as objects (checked where it is used)."""
-    if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values):
-        return np.array([np.nan if v is None else v for v in values], dtype=float)
-    return np.array(values, dtype=object)
+        return saved_fits(data, path)
+    if isinstance(data, dict) and "\n" not in text:
+        return None
+    got = "an object without 'fits'" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+    raise UserError(f"{path}: expected saved fits or a table of runs, got {got}")
 
 
 def saved_fits(data: Mapping, path: Path | str = "saved fit") -> Fits:

@@ -16,7 +16,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from ftscale.common import first_line
 from ftscale.errors import UserError
-from ftscale.laws.compare import CriticalPoint, FitResult
+from ftscale.laws.compare import CriticalPoint
+from ftscale.laws.results import FitResult
 
 _LINESTYLES = ("-", "--", ":", "-.")
 

@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ftscale.laws import ScalingLaw
+from ftscale.laws import law_from_record
 from ftscale.report.figures import log_ticks
 
 #: Figure name -> (title, function); filled by :func:`register_figure`.
@@ -40,10 +40,6 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _law(entry: dict) -> ScalingLaw:
-    return ScalingLaw.from_params(entry["form"], entry["params"], space=entry["space"])
-
-
 def _fits(analysis: dict, sweep: str, form: str | None = None) -> list[dict]:
     form = form or analysis.get("critical_form", "multiplicative")
     return [f for f in analysis["fits"] if f["sweep"] == sweep and f["form"] == form]
@@ -55,7 +51,7 @@ def _sweep_figure(analysis: dict, sweep: str, x_label: str) -> bytes | None:
         return None
     fig, axes = plt.subplots(1, len(fits), figsize=(4.2 * len(fits), 3.6), squeeze=False)
     for ax, entry in zip(axes[0], fits, strict=True):
-        law = _law(entry)
+        law = law_from_record(entry)
         xs = sorted({p["x"] for p in entry["points"]})
         ds = [p["examples"] for p in entry["points"]]
         grid = np.geomspace(min(ds) * 0.8, max(ds) * 1.25, 80)

@@ -117,7 +117,7 @@ def critical_rows(analysis: dict) -> list[list[str]]:
                 _n(c["x"]),
                 crossings or "none",
                 "-" if not iv or None in iv else f"[{iv[0]:.0f}, {iv[1]:.0f}]",
-                c["better_at_small_data"],
+                c.get("leader") or "-",
             ]
         )
     return rows

@@ -15,12 +15,15 @@ Procedure (the study's, Section 3 and Table 4), per method and law form:
 5. critical D_f between every pair of methods at each model size (crossings of the model-size
    laws), with bootstrap intervals.
 
-Everything returned is plain JSON data: the report, the fits file and ``ftscale recommend`` read it.
+The hold-out rules, fit results (Delta_e / Delta_h, intervals, bootstrap) and critical points are
+the laws package's (:mod:`ftscale.laws.holdout`, :mod:`ftscale.laws.results`,
+:func:`ftscale.laws.critical_points`); this module says which sweeps, runs the joint procedure and
+judges the findings. Everything returned is plain JSON data: the report, the fits file and
+``ftscale recommend`` read it.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,6 +41,12 @@ X_COLUMN = {
     "pretraining": "tokens_seen",
     "pet_size": "method_size",
 }
+#: Shape of the analysis data (what ``fits.json`` holds and ``ftscale recommend`` reads back):
+#: 2 has every fit as a :class:`ftscale.laws.FitResult` record (``bootstrap`` with its seed,
+#: ``variables``, ``fixed``, ``level``, ``warnings``) plus the study's keys, and every critical
+#: point as a :class:`ftscale.laws.CriticalPoint` record (``leader``, ``observed``). Data without
+#: a ``format`` is of the shape before (``bootstrap_thetas``, ``better_at_small_data``).
+FORMAT = 2
 #: D_f range searched for critical points (examples).
 CRITICAL_RANGE = (1.0, 1e9)
 #: Finding (3) of the study: PET-size exponents below this are "near zero".
@@ -152,264 +161,198 @@ def sweep_points(frame: pd.DataFrame, sweep: str, method: str) -> pd.DataFrame:
     return grouped.rename(columns={x: "x"}).sort_values(["x", "examples"]).reset_index(drop=True)
 
 
+def holdout_rules(sweep: str, config) -> list:
+    """The study file's held-out rules of one sweep, as :class:`~ftscale.laws.HoldoutRule`s on
+    its points (columns ``x``, ``examples``, ``rung``). ``max`` and ``middle`` are skipped where
+    they would leave fewer than two distinct values to fit: with fewer than three model sizes,
+    checkpoints, PET sizes or D_f nothing is held out along that axis."""
+    from ftscale.laws import HoldoutRule
+
+    rule = getattr(config.sweeps, sweep).holdout
+    rules = []
+    if rule in ("max", "middle"):
+        rules.append(HoldoutRule(rule, "x", min_left=2))
+    elif isinstance(rule, list):  # rung names (model size) or token counts (pretraining)
+        rules.append(
+            HoldoutRule("in", "rung" if sweep == "model_size" else "x", values=tuple(rule))
+        )
+    if config.examples.holdout == "max":
+        rules.append(HoldoutRule("max", "examples", min_left=2))
+    return rules
+
+
 def heldout_mask(points: pd.DataFrame, sweep: str, config) -> np.ndarray:
-    """The held-out points of a sweep (see the module docs and the study file's ``holdout``)."""
-    held = np.zeros(len(points), dtype=bool)
+    """The held-out points of a sweep (see :func:`holdout_rules`). A listed value the sweep has
+    no points at (its runs failed) holds out nothing rather than failing the analysis."""
+    from ftscale.laws import holdout_mask
+
     if points.empty:
-        return held
-    xs = np.sort(points["x"].unique())
-    rule = {
-        "model_size": config.sweeps.model_size.holdout,
-        "pretraining": config.sweeps.pretraining.holdout,
-        "pet_size": config.sweeps.pet_size.holdout,
-    }[sweep]
-    if rule == "max" and len(xs) >= 3:
-        held |= (points["x"] == xs[-1]).to_numpy()
-    elif rule == "middle" and len(xs) >= 3:
-        held |= (points["x"] == xs[len(xs) // 2]).to_numpy()
-    elif isinstance(rule, list):
-        column = points["rung"] if sweep == "model_size" else points["x"]
-        held |= column.isin(rule).to_numpy()
-    if config.examples.holdout == "max" and points["examples"].nunique() >= 3:
-        held |= (points["examples"] == points["examples"].max()).to_numpy()
-    return held
+        return np.zeros(0, dtype=bool)
+    columns = {c: points[c].to_numpy() for c in ("x", "examples", "rung")}
+    return holdout_mask(holdout_rules(sweep, config), columns, require_match=False)
 
 
 # -- fitting -----------------------------------------------------------------------------------
+
+#: The fits' variables: the columns of a sweep's points (X renamed ``x``, D_f ``examples``).
+POINT_VARIABLES = {"x": "x", "d": "examples"}
+
+
+@dataclass
+class SweepFit:
+    """One sweep's law for one method and form (a :class:`~ftscale.laws.FitResult`, grouped by
+    method) and what the study adds to its record: the sweep, the joint fit's shared values and
+    the rung of every point."""
+
+    method: str
+    sweep: str
+    shared: dict[str, float] | None
+    rungs: list[str]
+    result: Any  # ftscale.laws.FitResult
+
+    def to_dict(self) -> dict:
+        """The fit's entry in the analysis data: the laws package's record plus the study's
+        keys. The study compares forms by Delta_h (:func:`best_forms`), so the record's
+        nested-extrapolation selection keys, never filled here, are left out."""
+        record = self.result.to_dict(points=True)
+        for point, rung in zip(record["points"], self.rungs, strict=True):
+            point["rung"] = rung
+        for key in ("selected", "selection_score", "predictions"):
+            del record[key]
+        study = {"method": self.method, "sweep": self.sweep, "x": X_COLUMN[self.sweep]}
+        return {**study, "shared": self.shared, **record}
 
 
 def _sizes(points: pd.DataFrame) -> np.ndarray:
     return points[["x", "examples"]].to_numpy(float)
 
 
-def _fit_entry(
-    law,
-    points: pd.DataFrame,
-    held: np.ndarray,
-    *,
-    method: str,
-    sweep: str,
-    form: str,
-    boot,
-    shared: dict[str, float] | None,
-    level: float,
-) -> dict:
-    """One fit's JSON entry: parameters, intervals, Delta_e / Delta_h and every point."""
-    from ftscale.laws import mean_abs_deviation
-
-    X, y = _sizes(points), points["test_nll"].to_numpy(float)
-    with np.errstate(all="ignore"):
-        predicted = law.predict(X)
-    intervals = {}
-    thetas = None
-    if boot is not None:
-        fixed = set(law.fixed)  # held at the joint values: no interval of their own
-        intervals = {
-            k: [_num(a), _num(b)] for k, (a, b) in boot.intervals(level).items() if k not in fixed
-        }
-        thetas = boot.thetas.tolist()
-    return {
-        "method": method,
-        "sweep": sweep,
-        "form": form,
-        "x": X_COLUMN[sweep],
-        "params": {k: float(v) for k, v in law.params_.items()},
-        "shared": shared,
-        "intervals": intervals,
-        "bootstrap_thetas": thetas,
-        "space": law.space,
-        "objective": _num(law.objective_),
-        "converged": bool(law.converged_),
-        "n_fit": int((~held).sum()),
-        "n_heldout": int(held.sum()),
-        "delta_e": _num(mean_abs_deviation(predicted[~held], y[~held])),
-        "delta_h": _num(mean_abs_deviation(predicted[held], y[held])),
-        "points": [
-            {
-                "x": float(a),
-                "examples": float(d),
-                "observed": float(o),
-                "predicted": _num(p),
-                "heldout": bool(h),
-                "rung": str(r),
-            }
-            for (a, d), o, p, h, r in zip(X, y, predicted, held, points["rung"], strict=True)
-        ],
-    }
+def _losses(points: pd.DataFrame) -> np.ndarray:
+    return points["test_nll"].to_numpy(float)
 
 
-def _num(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
+def _sweep_fit(law, points, held, config, method: str, *, sweep: str, shared) -> SweepFit:
+    from ftscale.laws import FitResult
+
+    result = FitResult.from_law(
+        law,
+        _sizes(points),
+        _losses(points),
+        held,
+        variables=POINT_VARIABLES,
+        group=method,
+        level=config.analysis.level,
+    )
+    return SweepFit(method, sweep, shared, [str(r) for r in points["rung"]], result)
 
 
-def _bootstrap(law, X, y, n: int, seed: int):
-    from ftscale.laws import bootstrap
-
-    if n <= 0:
-        return None
-    return bootstrap(law, X, y, n, seed=seed)
-
-
-def fit_method(frame, config, method: str, form: str, notes: list[str]) -> list[dict]:
-    """Every sweep's law for one method and form (the study's joint procedure)."""
-    from ftscale.laws import JointScalingLaw, ScalingLaw
+def _fit_law(form: str, points, held, config, notes: list[str], *, where: str, fixed=None):
+    """One law fitted on the points not held out; None (and a note) when it cannot be."""
+    from ftscale.laws import ScalingLaw
 
     analysis = config.analysis
+    try:
+        return ScalingLaw(form, space=analysis.space, fixed=fixed, n_refine=analysis.refine).fit(
+            _sizes(points)[~held], _losses(points)[~held]
+        )
+    except UserError as exc:
+        notes.append(f"{where}: not fitted ({exc})")
+        return None
+
+
+def _joint(data: dict, config, method: str, form: str, notes: list[str]):
+    """The joint fit of the model-size and pretraining sweeps: (law per sweep, shared beta and
+    E), or ({}, None) with one sweep or when it cannot be fitted (then each is fitted alone)."""
+    from ftscale.laws import JointScalingLaw
+
+    if len(data) != 2:
+        return {}, None
+    analysis = config.analysis
+    try:
+        joint = JointScalingLaw(form, space=analysis.space, n_refine=analysis.refine).fit(
+            {s: (_sizes(p)[~h], _losses(p)[~h]) for s, (p, h) in data.items()}
+        )
+    except UserError as exc:
+        notes.append(f"{method} {form}: joint fit skipped ({exc}); sweeps fitted separately")
+        return {}, None
+    return dict(joint.laws_), {k: float(v) for k, v in joint.shared_.items()}
+
+
+def fit_method(frame, config, method: str, form: str, notes: list[str]) -> list[SweepFit]:
+    """Every sweep's law for one method and form (the study's joint procedure)."""
     data = {}
     for sweep in ("model_size", "pretraining"):
         points = sweep_points(frame, sweep, method)
         if len(points) and points["x"].nunique() >= 2 and points["examples"].nunique() >= 2:
             data[sweep] = (points, heldout_mask(points, sweep, config))
-    entries = []
-    shared: dict[str, float] | None = None
-    laws = {}
-    if len(data) == 2:
-        try:
-            joint = JointScalingLaw(form, space=analysis.space, n_refine=analysis.refine).fit(
-                {
-                    s: (_sizes(p)[~h], p["test_nll"].to_numpy(float)[~h])
-                    for s, (p, h) in data.items()
-                }
-            )
-            shared = {k: float(v) for k, v in joint.shared_.items()}
-            laws = dict(joint.laws_)
-        except UserError as exc:
-            notes.append(f"{method} {form}: joint fit skipped ({exc}); sweeps fitted separately")
+    laws, shared = _joint(data, config, method, form, notes)
+    fits = []
     for sweep, (points, held) in data.items():
-        if sweep not in laws:
-            try:
-                laws[sweep] = ScalingLaw(form, space=analysis.space, n_refine=analysis.refine).fit(
-                    _sizes(points)[~held], points["test_nll"].to_numpy(float)[~held]
-                )
-            except UserError as exc:
-                notes.append(f"{method} {form} {sweep}: not fitted ({exc})")
-                continue
-        boot = _safe_bootstrap(laws[sweep], points, held, analysis, notes, f"{method} {sweep}")
-        entries.append(
-            _fit_entry(
-                laws[sweep],
-                points,
-                held,
-                method=method,
-                sweep=sweep,
-                form=form,
-                boot=boot,
-                shared=shared,
-                level=analysis.level,
-            )
+        law = laws.get(sweep) or _fit_law(
+            form, points, held, config, notes, where=f"{method} {form} {sweep}"
         )
+        if law is not None:
+            fits.append(_sweep_fit(law, points, held, config, method, sweep=sweep, shared=shared))
     if method in config.sweeps.pet_size.sizes and config.sweeps.pet_size.enabled:
-        entries += _fit_pet(frame, config, method, form, shared, notes)
-    return entries
+        fits += _fit_pet(frame, config, method, form, shared, notes)
+    return fits
 
 
-def _safe_bootstrap(law, points, held, analysis, notes, where):
-    try:
-        return _bootstrap(
-            law,
-            _sizes(points)[~held],
-            points["test_nll"].to_numpy(float)[~held],
-            analysis.bootstrap,
-            analysis.seed,
-        )
-    except UserError as exc:
-        notes.append(f"{where}: no bootstrap ({exc})")
-        return None
-
-
-def _fit_pet(frame, config, method, form, shared, notes) -> list[dict]:
-    from ftscale.laws import ScalingLaw
-
+def _fit_pet(frame, config, method, form, shared, notes) -> list[SweepFit]:
+    """The PET-size sweep, with the method's joint beta and E held fixed (they take no part in
+    estimating them)."""
     points = sweep_points(frame, "pet_size", method)
     if len(points) == 0 or points["x"].nunique() < 2:
         return []
     held = heldout_mask(points, "pet_size", config)
     fixed = {k: v for k, v in (shared or {}).items() if k in ("beta", "E")}
-    try:
-        law = ScalingLaw(
-            form, space=config.analysis.space, fixed=fixed, n_refine=config.analysis.refine
-        ).fit(_sizes(points)[~held], points["test_nll"].to_numpy(float)[~held])
-    except UserError as exc:
-        notes.append(f"{method} {form} pet_size: not fitted ({exc})")
+    where = f"{method} {form} pet_size"
+    law = _fit_law(form, points, held, config, notes, where=where, fixed=fixed)
+    if law is None:
         return []
-    boot = _safe_bootstrap(law, points, held, config.analysis, notes, f"{method} pet_size")
-    return [
-        _fit_entry(
-            law,
-            points,
-            held,
-            method=method,
-            sweep="pet_size",
-            form=form,
-            boot=boot,
-            shared=shared or None,
-            level=config.analysis.level,
-        )
-    ]
+    return [_sweep_fit(law, points, held, config, method, sweep="pet_size", shared=shared or None)]
+
+
+def _bootstrap(fits: list[SweepFit], analysis, notes: list[str]) -> None:
+    """Intervals for every fit at once (replicate i of each law resamples with the seed pair
+    (seed, i), so each law's replicates are those of a bootstrap of it alone)."""
+    from ftscale.laws import bootstrap_results
+
+    if analysis.bootstrap <= 0 or not fits:
+        return
+    try:
+        bootstrap_results([f.result for f in fits], analysis.bootstrap, analysis.seed)
+    except UserError as exc:
+        notes.append(f"no bootstrap intervals ({exc})")
+
+
+def fit_all(frame: pd.DataFrame, config, notes: list[str]) -> list[SweepFit]:
+    """Every method's and form's fits with their bootstrap; warnings raised while fitting become
+    notes."""
+    fits: list[SweepFit] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for method in config.methods:
+            for form in config.analysis.forms:
+                fits += fit_method(frame, config, method, form, notes)
+        _bootstrap(fits, config.analysis, notes)
+    notes += sorted({str(w.message) for w in caught})
+    return fits
 
 
 # -- critical data sizes --------------------------------------------------------------------------
 
 
-def law_of(entry: dict):
-    """A :class:`~ftscale.laws.ScalingLaw` from a fit entry."""
-    from ftscale.laws import ScalingLaw
+def critical_sizes(fits: list[SweepFit], form: str, level: float) -> list[dict]:
+    """Crossings of every pair of methods' model-size laws at each model size either of them ran
+    (:func:`ftscale.laws.critical_points`), with the form added to each record."""
+    from ftscale.laws import critical_points
 
-    return ScalingLaw.from_params(entry["form"], entry["params"], space=entry["space"])
-
-
-def boot_of(entry: dict):
-    """The entry's :class:`~ftscale.laws.Bootstrap` (None without one)."""
-    from ftscale.laws import Bootstrap
-
-    if not entry.get("bootstrap_thetas"):
-        return None
-    thetas = np.array(
-        [[np.nan if v is None else v for v in row] for row in entry["bootstrap_thetas"]], float
-    )
-    return Bootstrap(law=law_of(entry), thetas=thetas, seed=0)
-
-
-def critical_sizes(fits: list[dict], form: str, level: float) -> list[dict]:
-    """Crossings of every pair of methods' model-size laws at each fitted model size."""
-    from ftscale.laws import crossings
-    from ftscale.laws.uncertainty import crossing_interval
-
-    by_method = {f["method"]: f for f in fits if f["sweep"] == "model_size" and f["form"] == form}
-    out = []
-    for (m1, f1), (m2, f2) in itertools.combinations(by_method.items(), 2):
-        xs = sorted({p["x"] for p in f1["points"]} | {p["x"] for p in f2["points"]})
-        law1, law2 = law_of(f1), law_of(f2)
-        b1, b2 = boot_of(f1), boot_of(f2)
-        d_lo = max(
-            min(p["examples"] for p in f1["points"]), min(p["examples"] for p in f2["points"])
-        )
-        d_hi = min(
-            max(p["examples"] for p in f1["points"]), max(p["examples"] for p in f2["points"])
-        )
-        for x in xs:
-            found = crossings(law1, law2, x, CRITICAL_RANGE)
-            interval = None
-            if b1 is not None and b2 is not None:
-                lo, hi = crossing_interval(b1, b2, x, CRITICAL_RANGE, level)
-                interval = [_num(lo), _num(hi)]
-            small = np.array([[x, d_lo]])
-            first_better = bool(law1.predict(small)[0] < law2.predict(small)[0])
-            out.append(
-                {
-                    "first": m1,
-                    "second": m2,
-                    "x": x,
-                    "form": form,
-                    "crossings": found,
-                    "interval": interval,
-                    "better_at_small_data": m1 if first_better else m2,
-                    "observed_range": [d_lo, d_hi],
-                    "extrapolated": [not d_lo <= c <= d_hi for c in found],
-                }
-            )
-    return out
+    model_size = [f.result for f in fits if f.sweep == "model_size" and f.result.form == form]
+    if len(model_size) < 2:
+        return []
+    points = critical_points(model_size, d_range=CRITICAL_RANGE, form=form, level=level)
+    return [{**p.to_dict(), "form": form} for p in points]
 
 
 # -- trends, generalisation, flags ----------------------------------------------------------------
@@ -559,51 +502,40 @@ def _small_heldout_error(inp: _FindingInputs) -> dict:
     return _finding(1, claim, ok, text)
 
 
+def _by_method(inp: _FindingInputs, sweep: str, param: str) -> dict[str, float]:
+    """One parameter of each method's multiplicative fit of ``sweep``, in the study's order."""
+    get = inp.get
+    return {m: get[(m, sweep)]["params"][param] for m in inp.methods if (m, sweep) in get}
+
+
 @register_finding(2)
 def _model_size_beats_pretraining(inp: _FindingInputs) -> dict:
     """(2) alpha for model size > alpha for pretraining data."""
-    get = inp.get
-    pairs = {
-        m: (get[(m, "model_size")]["params"]["alpha"], get[(m, "pretraining")]["params"]["alpha"])
-        for m in inp.methods
-        if (m, "model_size") in get and (m, "pretraining") in get
-    }
+    data = _by_method(inp, "pretraining", "alpha")
+    model = _by_method(inp, "model_size", "alpha")
+    pairs = {m: (a, data[m]) for m, a in model.items() if m in data}
     ok = bool(pairs) and all(a > b for a, b in pairs.values())
     text = "; ".join(
         f"{m}: alpha(model) {a:.3g} vs alpha(pretraining) {b:.3g}" for m, (a, b) in pairs.items()
     )
-    return _finding(
-        2,
-        "Model size helps more than pretraining data (alpha_model > alpha_data)",
-        ok if pairs else None,
-        text or "needs both sweeps",
-    )
+    claim = "Model size helps more than pretraining data (alpha_model > alpha_data)"
+    return _finding(2, claim, ok if pairs else None, text or "needs both sweeps")
 
 
 @register_finding(3)
 def _pet_size_near_zero(inp: _FindingInputs) -> dict:
     """(3) PET-size exponents near zero."""
-    get = inp.get
-    pet = {
-        m: get[(m, "pet_size")]["params"]["alpha"] for m in inp.methods if (m, "pet_size") in get
-    }
+    pet = _by_method(inp, "pet_size", "alpha")
     ok = bool(pet) and all(abs(a) < PET_ALPHA_NEAR_ZERO for a in pet.values())
     text = "; ".join(f"{m}: alpha(PET size) {a:.3g}" for m, a in pet.items())
-    return _finding(
-        3,
-        f"PET size buys almost nothing (|alpha_PET| < {PET_ALPHA_NEAR_ZERO:g})",
-        ok if pet else None,
-        text or "no PET-size sweep",
-    )
+    claim = f"PET size buys almost nothing (|alpha_PET| < {PET_ALPHA_NEAR_ZERO:g})"
+    return _finding(3, claim, ok if pet else None, text or "no PET-size sweep")
 
 
 @register_finding(4)
 def _beta_order(inp: _FindingInputs) -> dict:
     """(4) beta: FMT > PET; LoRA > prompt."""
-    get = inp.get
-    betas = {
-        m: get[(m, "model_size")]["params"]["beta"] for m in inp.methods if (m, "model_size") in get
-    }
+    betas = _by_method(inp, "model_size", "beta")
     checks = []
     if "fmt" in betas:
         checks += [betas["fmt"] > betas[m] for m in ("lora", "prompt") if m in betas]
@@ -623,7 +555,8 @@ def _critical_sizes_exist(inp: _FindingInputs) -> dict:
     critical = inp.critical
     found = [c for c in critical if c["crossings"]]
     fmt_pairs = [c for c in critical if "fmt" in (c["first"], c["second"])]
-    pet_first = [c for c in fmt_pairs if c["better_at_small_data"] != "fmt"]
+    # The leader is the method with the lower predicted loss at the smallest D_f both ran.
+    pet_first = [c for c in fmt_pairs if c["leader"] not in (None, "fmt")]
     text = (
         f"{len(found)} of {len(critical)} (pair, model size) cases cross in "
         f"[{CRITICAL_RANGE[0]:g}, {CRITICAL_RANGE[1]:g}] examples; PET ahead of FMT at the "
@@ -655,23 +588,19 @@ def _fmt_map(values: dict) -> str:
 
 
 def analyse(rows: Sequence[dict], config) -> dict:
-    """The whole analysis of a store's rows under a study config, as JSON-ready data."""
+    """The whole analysis of a store's rows under a study config, as JSON-ready data (its shape
+    is :data:`FORMAT`)."""
     frame = runs_frame(rows)
     notes: list[str] = []
-    fits: list[dict] = []
-    if len(frame):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for method in config.methods:
-                for form in config.analysis.forms:
-                    fits += fit_method(frame, config, method, form, notes)
-        notes += sorted({str(w.message) for w in caught})
+    fitted = fit_all(frame, config, notes) if len(frame) else []
     form = (
         "multiplicative" if "multiplicative" in config.analysis.forms else config.analysis.forms[0]
     )
-    critical = critical_sizes(fits, form, config.analysis.level)
+    critical = critical_sizes(fitted, form, config.analysis.level)
+    fits = [f.to_dict() for f in fitted]
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     return {
+        "format": FORMAT,
         "study": config.name,
         "counts": {k: int(v) for k, v in counts.items()},
         "n_runs": len(frame),

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from ftscale.errors import UserError
-from ftscale.study.analysis import CRITICAL_RANGE, boot_of, law_of
+from ftscale.study.analysis import CRITICAL_RANGE, FORMAT
 
 
 def _check(name: str, value: float | None) -> None:
@@ -27,30 +27,39 @@ def _check(name: str, value: float | None) -> None:
 
 
 def _analysis(study_dir: Path) -> dict:
+    """The study's analysis: its ``fits.json`` when that is newer than the store and of this
+    ftscale's :data:`~ftscale.study.analysis.FORMAT`, else analysed afresh (a file written by
+    another version is re-analysed, not misread)."""
     from ftscale.study.store import STORE_FILE, open_store
 
     open_store(study_dir).close()
     fits = study_dir / "fits.json"
     if fits.is_file() and fits.stat().st_mtime >= (study_dir / STORE_FILE).stat().st_mtime:
         try:
-            return json.loads(fits.read_text(encoding="utf-8"))
-        except ValueError:
-            pass
+            saved = json.loads(fits.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            saved = None
+        if isinstance(saved, dict) and saved.get("format") == FORMAT:
+            return saved
     from ftscale.study.reporting import analyse_dir
 
     return analyse_dir(study_dir)
 
 
-def _choose(analysis: dict) -> dict[str, dict]:
+def _choose(analysis: dict) -> dict:
+    """Per method, the model-size fit (a :class:`~ftscale.laws.FitResult`) of the form with the
+    lowest held-out error, else the first."""
+    from ftscale.laws import FitResult
+
     best = analysis.get("best_forms", {})
-    out: dict[str, dict] = {}
+    chosen: dict[str, dict] = {}
     for f in analysis["fits"]:
         if f["sweep"] != "model_size":
             continue
         wanted = best.get(f"{f['method']}/model_size")
-        if f["method"] not in out or f["form"] == wanted:
-            out[f["method"]] = f
-    return out
+        if f["method"] not in chosen or f["form"] == wanted:
+            chosen[f["method"]] = f
+    return {method: FitResult.from_dict(entry) for method, entry in chosen.items()}
 
 
 def _seconds_per_unit(study_dir: Path) -> dict[str, float]:
@@ -86,23 +95,20 @@ def recommend(
         raise UserError(f"{study_dir}: no model-size fits yet (run the study to the end first)")
     point = np.array([[model_size, examples]])
     methods = {}
-    for method, entry in fits.items():
-        law = law_of(entry)
-        loss = float(law.predict(point)[0])
+    for method, fit in fits.items():
         interval = None
-        boot = boot_of(entry)
-        if boot is not None:
-            lo, hi = boot.predict_interval(point, level)
+        if fit.bootstrap is not None:
+            lo, hi = fit.bootstrap.predict_interval(point, level)
             interval = [float(lo[0]), float(hi[0])]
         methods[method] = {
-            "form": entry["form"],
-            "predicted_loss": loss,
+            "form": fit.form,
+            "predicted_loss": float(fit.law.predict(point)[0]),
             "interval": interval,
-            "params": entry["params"],
+            "params": dict(fit.law.params_),
         }
     best = min(methods, key=lambda m: methods[m]["predicted_loss"])
-    xs = [p["x"] for f in fits.values() for p in f["points"]]
-    ds = [p["examples"] for f in fits.values() for p in f["points"]]
+    sizes = np.concatenate([f.sizes for f in fits.values()])
+    (x_lo, d_lo), (x_hi, d_hi) = sizes.min(axis=0), sizes.max(axis=0)
     result = {
         "study": analysis.get("study"),
         "model_size": model_size,
@@ -110,7 +116,7 @@ def recommend(
         "methods": methods,
         "best": best,
         "critical": _critical(fits, model_size),
-        "extrapolated": not (min(xs) <= model_size <= max(xs) and min(ds) <= examples <= max(ds)),
+        "extrapolated": not (x_lo <= model_size <= x_hi and d_lo <= examples <= d_hi),
     }
     if target_loss is not None:
         result["target_loss"] = target_loss
@@ -120,14 +126,17 @@ def recommend(
     return result
 
 
-def _critical(fits: dict[str, dict], x: float) -> list[dict]:
+def _critical(fits: dict, x: float) -> list[dict]:
+    """Crossings of every pair of the chosen laws at X = ``x``. The chosen forms may differ
+    between methods, so this crosses the laws themselves rather than one form's fits
+    (:func:`ftscale.laws.critical_points`)."""
     from itertools import combinations
 
     from ftscale.laws import crossings
 
     out = []
     for (m1, f1), (m2, f2) in combinations(fits.items(), 2):
-        found = crossings(law_of(f1), law_of(f2), x, CRITICAL_RANGE)
+        found = crossings(f1.law, f2.law, x, CRITICAL_RANGE)
         out.append({"first": m1, "second": m2, "crossings": found})
     return out
 
@@ -135,8 +144,8 @@ def _critical(fits: dict[str, dict], x: float) -> list[dict]:
 def _to_target(fits, x: float, target: float, seconds: dict[str, float]) -> dict[str, dict]:
     out = {}
     lo, hi = CRITICAL_RANGE
-    for method, entry in fits.items():
-        law = law_of(entry)
+    for method, fit in fits.items():
+        law = fit.law
 
         def gap(log_d: float, law=law) -> float:
             return float(law.predict(np.array([[x, math.exp(log_d)]]))[0]) - target

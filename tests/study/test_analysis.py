@@ -1,0 +1,132 @@
+"""The study's analysis on store rows made up from known laws (no training): it holds out what
+the study file says and gives the same fits as the laws package's `fit_table` on the same points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from study_helpers import merged, smoke_config
+
+from ftscale.laws import fit_table
+from ftscale.study.analysis import FORMAT, analyse, holdout_rules, runs_frame, sweep_points
+from ftscale.study.config import StudyConfig
+
+RUNGS = {"m16": 4e3, "m24": 1e4, "m32": 3e4, "m48": 8e4}  # non-embedding parameters
+CHECKPOINTS = (16_384, 32_768, 49_152, 65_536)  # pretraining tokens of the smallest rung
+EXAMPLES = (50, 100, 200, 400)
+#: A, alpha, beta, E of the multiplicative law each method's losses follow.
+LAWS = {"fmt": (40.0, 0.2, 0.25, 3.0), "lora": (12.0, 0.12, 0.1, 3.2)}
+
+
+def config(changes: dict) -> StudyConfig:
+    base = merged(smoke_config(), {"methods": {"fmt": {}, "lora": {"rank": 4}}})
+    base["sweeps"]["pet_size"]["sizes"] = {}
+    return StudyConfig.model_validate(merged(base, changes))
+
+
+def row(method, rung, examples, seed, *, tokens=65_536, sweeps=("model_size",)):
+    a, alpha, beta, e = LAWS[method]
+    x = RUNGS[rung] * tokens / 65_536  # fewer tokens seen: a smaller effective model
+    loss = a / (x**alpha * examples**beta) + e
+    loss *= np.exp(np.random.default_rng([len(method), int(x), examples, seed]).normal(0, 3e-3))
+    return {
+        "key": f"{method}-{rung}-{tokens}-{examples}-{seed}",
+        "status": "ok",
+        "method": method,
+        "rung": rung,
+        "nonembedding_params": RUNGS[rung],
+        "tokens_seen": tokens,
+        "method_size": None,
+        "examples": examples,
+        "subset_seed": seed,
+        "sweeps": list(sweeps),
+        "test_nll": float(loss),
+        "record": {},
+    }
+
+
+def model_size_rows(rungs=RUNGS):
+    return [row(m, r, d, s) for m in LAWS for r in rungs for d in EXAMPLES for s in (0, 1)]
+
+
+def pretraining_rows():
+    return [
+        row(m, "m16", d, 0, tokens=t, sweeps=("pretraining",))
+        for m in LAWS
+        for t in CHECKPOINTS
+        for d in EXAMPLES
+    ]
+
+
+def test_the_analysis_fits_what_fit_table_fits_on_the_same_points():
+    """Model-size sweeps alone (no joint fit): the analysis' law per method is `fit_table`'s on
+    the sweep's mean points with the study's hold-out rules (same starts, so the same optimum)."""
+    cfg = config(
+        {
+            "sweeps": {"pretraining": {"enabled": False}, "pet_size": {"enabled": False}},
+            "analysis": {"forms": ["multiplicative"], "bootstrap": 0, "refine": 64},
+        }
+    )
+    rows = model_size_rows()
+    analysis = analyse(rows, cfg)
+    assert analysis["format"] == FORMAT
+    frame = runs_frame(rows)
+    points = {m: sweep_points(frame, "model_size", m) for m in LAWS}
+    columns = {
+        c: np.concatenate([points[m][c].to_numpy() for m in LAWS])
+        for c in ("x", "examples", "test_nll")
+    }
+    columns["method"] = np.array([m for m in LAWS for _ in range(len(points[m]))], dtype=object)
+    fits = fit_table(
+        columns, y="test_nll", d="examples", x="x", holdout=holdout_rules("model_size", cfg)
+    )
+    by_method = {f["method"]: f for f in analysis["fits"]}
+    assert set(by_method) == set(LAWS) and len(fits) == 2
+    for result in fits:
+        entry = by_method[result.group]
+        assert entry["params"] == pytest.approx(result.law.params_, rel=1e-9)
+        assert entry["delta_h"] == pytest.approx(result.delta_h, rel=1e-9)
+        assert entry["delta_e"] == pytest.approx(result.delta_e, rel=1e-9)
+        assert (entry["n_fit"], entry["n_heldout"]) == (result.n_fit, result.n_heldout)
+        # Held out: the largest model and the largest D_f, as the study file says.
+        held = [p for p in entry["points"] if p["heldout"]]
+        assert {p["rung"] for p in held if p["examples"] != 400} == {"m48"}
+        assert len(held) == 4 + 3
+
+
+def test_joint_fits_share_beta_and_e_and_hold_out_the_middle_checkpoint():
+    cfg = config({"sweeps": {"pet_size": {"enabled": False}}, "analysis": {"bootstrap": 8}})
+    analysis = analyse(model_size_rows() + pretraining_rows(), cfg)
+    fits = {(f["method"], f["sweep"], f["form"]): f for f in analysis["fits"]}
+    size, data = (
+        fits[("fmt", "model_size", "multiplicative")],
+        fits[("fmt", "pretraining", "multiplicative")],
+    )
+    assert size["params"]["beta"] == data["params"]["beta"] == size["shared"]["beta"]
+    assert size["fixed"] == size["shared"] and set(size["intervals"]) == {"A", "alpha"}
+    held_x = {p["x"] for p in data["points"] if p["heldout"] and p["examples"] != 400}
+    assert held_x == {float(CHECKPOINTS[2])}  # the middle of four checkpoints (the upper one)
+    for entry in (size, data):
+        held = [p for p in entry["points"] if p["heldout"]]
+        errors = [abs(p["predicted"] - p["observed"]) for p in held]
+        assert entry["delta_h"] == pytest.approx(np.mean(errors))
+    pair = analysis["critical"][0]
+    assert (pair["first"], pair["second"], pair["form"]) == ("fmt", "lora", "multiplicative")
+    assert pair["leader"] in LAWS and pair["observed"] == [50.0, 400.0]
+
+
+def test_listed_checkpoints_and_too_few_model_sizes():
+    cfg = config(
+        {
+            "sweeps": {"pretraining": {"holdout": [16_384, 99]}, "pet_size": {"enabled": False}},
+            "analysis": {"forms": ["multiplicative"], "bootstrap": 0},
+        }
+    )
+    two_rungs = {k: RUNGS[k] for k in ("m16", "m24")}
+    analysis = analyse(model_size_rows(two_rungs) + pretraining_rows(), cfg)
+    fits = {(f["method"], f["sweep"]): f for f in analysis["fits"]}
+    # Two model sizes: holding out the larger would leave one, so only the largest D_f is held.
+    assert {p["examples"] for p in fits[("lora", "model_size")]["points"] if p["heldout"]} == {400}
+    # A listed checkpoint the sweep lacks (99) holds out nothing and fails nothing.
+    data = fits[("lora", "pretraining")]["points"]
+    assert {p["x"] for p in data if p["heldout"] and p["examples"] != 400} == {16_384.0}
