@@ -106,3 +106,27 @@ def test_settings_refuse_bad_values_in_one_line():
     assert TrainConfig(examples=np.int64(5)).examples == 5  # a numpy count is a count
     with pytest.raises(UserError, match="valid integer"):
         TrainConfig(examples=True)
+
+
+def _beta_finding(betas: dict[str, float]) -> dict:
+    from ftscale.study.analysis import FINDINGS, _FindingInputs
+
+    fits = {
+        (m, "model_size"): {"method": m, "sweep": "model_size", "params": {"beta": b}}
+        for m, b in betas.items()
+    }
+    return FINDINGS[4](_FindingInputs(list(fits.values()), [], list(betas), fits))
+
+
+@pytest.mark.parametrize(
+    ("betas", "status"),
+    [
+        ({"fmt": 0.3, "lora": 0.2, "prompt": 0.1}, "reproduced"),
+        ({"fmt": 0.3, "dora": 0.2, "p_tuning": 0.1}, "reproduced"),  # by family, not by name
+        ({"fmt": 0.1, "dora": 0.2}, "not reproduced"),
+        ({"dora": 0.1, "prompt": 0.2}, "not reproduced"),
+        ({"ia3": 0.1}, "not testable"),
+    ],
+)
+def test_the_beta_finding_compares_method_families(betas, status):
+    assert _beta_finding(betas)["status"] == status

@@ -534,13 +534,17 @@ def _pet_size_near_zero(inp: _FindingInputs) -> dict:
 
 @register_finding(4)
 def _beta_order(inp: _FindingInputs) -> dict:
-    """(4) beta: FMT > PET; LoRA > prompt."""
+    """(4) beta: FMT > PET; LoRA > prompt (methods grouped by the registry's families, so DoRA
+    counts as LoRA-like and P-tuning as prompt-like)."""
     betas = _by_method(inp, "model_size", "beta")
-    checks = []
-    if "fmt" in betas:
-        checks += [betas["fmt"] > betas[m] for m in ("lora", "prompt") if m in betas]
-    if "lora" in betas and "prompt" in betas:
-        checks.append(betas["lora"] > betas["prompt"])
+    family = _families(betas)
+    checks = [
+        betas[a] > betas[b]
+        for high, lows in (("full", ("low-rank", "prompt")), ("low-rank", ("prompt",)))
+        for a in family[high]
+        for low in lows
+        for b in family[low]
+    ]
     return _finding(
         4,
         "beta is larger for FMT than for PET, and for LoRA than for prompt",
@@ -554,9 +558,10 @@ def _critical_sizes_exist(inp: _FindingInputs) -> dict:
     """(5) critical data sizes exist; PET first at small data."""
     critical = inp.critical
     found = [c for c in critical if c["crossings"]]
-    fmt_pairs = [c for c in critical if "fmt" in (c["first"], c["second"])]
+    full = set(_families(inp.methods)["full"])
+    fmt_pairs = [c for c in critical if full & {c["first"], c["second"]}]
     # The leader is the method with the lower predicted loss at the smallest D_f both ran.
-    pet_first = [c for c in fmt_pairs if c["leader"] not in (None, "fmt")]
+    pet_first = [c for c in fmt_pairs if c["leader"] is not None and c["leader"] not in full]
     text = (
         f"{len(found)} of {len(critical)} (pair, model size) cases cross in "
         f"[{CRITICAL_RANGE[0]:g}, {CRITICAL_RANGE[1]:g}] examples; PET ahead of FMT at the "
@@ -573,6 +578,17 @@ def _critical_sizes_exist(inp: _FindingInputs) -> dict:
         bool(found) and bool(pet_first) if critical else None,
         text,
     )
+
+
+def _families(methods) -> dict[str | None, list[str]]:
+    """The study's methods by family (:func:`ftscale.finetune.methods.method_family`):
+    ``{"full": [...], "low-rank": [...], "prompt": [...], None: [...]}``."""
+    from ftscale.finetune.methods import method_family
+
+    out: dict[str | None, list[str]] = {"full": [], "low-rank": [], "prompt": [], None: []}
+    for method in methods:
+        out[method_family(method)].append(method)
+    return out
 
 
 def _finding(number: int, claim: str, ok: bool | None, detail: str) -> dict:
