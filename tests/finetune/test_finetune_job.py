@@ -110,21 +110,11 @@ def test_print_job_then_job_runs_the_same_record(model_dir, data_files, tmp_path
     assert FinetuneJob.read(bare).key == FinetuneJob.read(job_file).key == spec["key"]
 
 
-def test_lr_auto_searches_on_dev_and_records_the_search(base, tok, pairs):
-    from ftscale.finetune import finetune
+def test_lr_auto_searches_on_dev_and_records_the_search(run_toy):
     from ftscale.finetune.methods import get_method
 
-    train, dev, test = pairs
     config = TrainConfig(examples=60, max_steps=12, learning_rate="auto", gen_examples=0)
-    record = finetune(
-        model=base,
-        tokenizer=tok,
-        method=make_method("lora", rank=2),
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-    )
+    record = run_toy(make_method("lora", rank=2), config)
     search = record.lr_search
     assert search["grid"] == list(get_method("lora").search_grid) and len(search["dev_nll"]) == 5
     assert record.learning_rate == search["chosen"] in search["grid"]
