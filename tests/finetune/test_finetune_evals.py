@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from finetune_toy import copy_pairs, make_model, reverse_pairs, write_jsonl
+from finetune_toy import cli_args, copy_pairs, make_model, reverse_pairs, write_jsonl
 from typer.testing import CliRunner
 
 from ftscale.cli import app
@@ -117,38 +117,11 @@ def test_plain_progress_prints_one_line_per_dev_check(run_toy, capsys):
 
 
 def test_cli_eval_shots_quiet_and_warnings(model_dir, data_files):
-    tr, dv, te = data_files
-    args = [
-        "finetune",
-        "--model",
-        str(model_dir),
-        "--method",
-        "prompt-tuning",
-        "--prompt-length",
-        "3",
-        "--train",
-        str(tr),
-        "--dev",
-        str(dv),
-        "--test",
-        str(te),
-        "--max-steps",
-        "4",
-        "--eval-every",
-        "2",
-        "--patience",
-        "0",
-        "--threads",
-        "1",
-        "--gen-examples",
-        "2",
-        "--eval",
-        f"again={dv}",
-        "--shots",
-        "1",
-        "--eval-examples",
-        "5",
-    ]
+    steps = ["--max-steps", "4", "--eval-every", "2", "--patience", "0"]
+    evals = ["--eval", f"again={data_files[1]}", "--shots", "1", "--eval-examples", "5"]
+    run = [*steps, "--threads", "1", "--gen-examples", "2", *evals]
+    prompt = ["--method", "prompt-tuning", "--prompt-length", "3"]
+    args = cli_args(model_dir, data_files, *prompt, *run)
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
@@ -160,7 +133,8 @@ def test_cli_eval_shots_quiet_and_warnings(model_dir, data_files):
     assert quiet.exit_code == 0 and quiet.stderr == ""
     human = CliRunner().invoke(app, [*args, "--quiet"])
     assert "eval again (1-shot, 5 pairs)" in human.stdout
-    diverging = [*args[:4], "full-model", *args[7:], "--lr", "1", "--json"]
+    full_model = ["--method", "full-model"]  # the same run, full-model tuning at rate 1
+    diverging = cli_args(model_dir, data_files, *full_model, *run, "--lr", "1", "--json")
     result = CliRunner().invoke(app, diverging)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["improved"] is False
@@ -209,29 +183,8 @@ def test_every_registry_name_and_alias_builds():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs a path that passes the check but fails")
 def test_record_reaches_the_user_when_output_fails_after_the_run(model_dir, data_files):
-    tr, dv, te = data_files
-    args = [
-        "finetune",
-        "--model",
-        str(model_dir),
-        "--method",
-        "lora",
-        "--train",
-        str(tr),
-        "--dev",
-        str(dv),
-        "--test",
-        str(te),
-        "--max-steps",
-        "2",
-        "--threads",
-        "1",
-        "--gen-examples",
-        "0",
-        "--quiet",
-        "--output",
-        "/proc/version",
-    ]
+    run = ["--method", "lora", "--max-steps", "2", "--threads", "1", "--gen-examples", "0"]
+    args = cli_args(model_dir, data_files, *run, "--quiet", "--output", "/proc/version")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 3, result.output
     record = json.loads(result.stdout)
@@ -241,29 +194,9 @@ def test_record_reaches_the_user_when_output_fails_after_the_run(model_dir, data
 
 
 def test_cli_prefix_tuning_takes_prompt_length(model_dir, data_files):
-    tr, dv, te = data_files
-    args = [
-        "finetune",
-        "--model",
-        str(model_dir),
-        "--method",
-        "prefix_tuning",
-        "--prompt-length",
-        "4",
-        "--train",
-        str(tr),
-        "--dev",
-        str(dv),
-        "--test",
-        str(te),
-        "--max-steps",
-        "2",
-        "--threads",
-        "1",
-        "--gen-examples",
-        "0",
-        "--print-job",
-    ]
+    prefix = ["--method", "prefix_tuning", "--prompt-length", "4"]
+    run = ["--max-steps", "2", "--threads", "1", "--gen-examples", "0", "--print-job"]
+    args = cli_args(model_dir, data_files, *prefix, *run)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     method = json.loads(result.stdout)["job"]["method"]

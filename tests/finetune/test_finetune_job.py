@@ -7,6 +7,7 @@ import json
 import pickle
 
 import pytest
+from finetune_toy import cli_args
 from typer.testing import CliRunner
 
 from ftscale.cli import app
@@ -69,30 +70,9 @@ def test_bad_job_files_name_the_field(tmp_path):
 def test_print_job_then_job_runs_the_same_record(model_dir, data_files, tmp_path):
     """``ftscale finetune ... --print-job > job.json`` then ``ftscale finetune --job job.json``:
     the same key and the same record (it failed with "unknown field 'job'" before)."""
-    tr, dv, te = data_files
-    flags = [
-        "finetune",
-        "--model",
-        str(model_dir),
-        "--method",
-        "lora",
-        "--rank",
-        "2",
-        "--train",
-        str(tr),
-        "--dev",
-        str(dv),
-        "--test",
-        str(te),
-        "--examples",
-        "40",
-        "--max-steps",
-        "3",
-        "--gen-examples",
-        "2",
-        "--threads",
-        "1",
-    ]
+    method = ["--method", "lora", "--rank", "2"]
+    run = ["--examples", "40", "--max-steps", "3", "--gen-examples", "2", "--threads", "1"]
+    flags = cli_args(model_dir, data_files, *method, *run)
     runner = CliRunner()
     printed = runner.invoke(app, [*flags, "--print-job"])
     assert printed.exit_code == 0, printed.output
