@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from finetune_toy import make_model, make_tokenizer, reverse_pairs, write_jsonl
 
+from ftscale.finetune import finetune
+
 
 @pytest.fixture(scope="session")
 def tok():
@@ -20,6 +22,20 @@ def base(tok):
 def pairs():
     """(train, dev, test) pairs of the reverse task."""
     return reverse_pairs(300, 1), reverse_pairs(48, 2), reverse_pairs(48, 3)
+
+
+@pytest.fixture(scope="session")
+def run_toy(tok, base, pairs):
+    """``run_toy(method, config, **kwargs)``: ``finetune()`` of the shared tiny model (``base``,
+    ``tok``) on the toy reverse task (``pairs``) with ``train_config=config``; ``kwargs`` replace
+    or add any other ``finetune()`` argument (``model=``, ``test=``, ``evals=``, ...)."""
+    train, dev, test = pairs
+
+    def run(method, config=None, **kwargs):
+        inputs = {"model": base, "tokenizer": tok, "train": train, "dev": dev, "test": test}
+        return finetune(method=method, train_config=config, **{**inputs, **kwargs})
+
+    return run
 
 
 @pytest.fixture(scope="session")

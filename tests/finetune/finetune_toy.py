@@ -80,6 +80,13 @@ def copy_pairs(n: int, seed: int) -> list[Pair]:
     return [Pair(p.source, p.source) for p in reverse_pairs(n, seed)]
 
 
+def cli_args(model_dir, data_files, *options: str) -> list[str]:
+    """``ftscale finetune`` on a model directory and (train, dev, test) files, then ``options``."""
+    train, dev, test = data_files
+    splits = ["--train", str(train), "--dev", str(dev), "--test", str(test)]
+    return ["finetune", "--model", str(model_dir), *splits, *options]
+
+
 def write_jsonl(path, rows):
     """Write (source, target) pairs as a JSONL file; returns the path."""
     import json

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from finetune_toy import CONTRACT
+from finetune_toy import CONTRACT, cli_args
 from typer.testing import CliRunner
 
 from ftscale.cli import app
@@ -19,46 +19,15 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _args(model_dir, data_files, *extra):
-    train, dev, test = data_files
-    return [
-        "finetune",
-        "--model",
-        str(model_dir),
-        "--train",
-        str(train),
-        "--dev",
-        str(dev),
-        "--test",
-        str(test),
-        "--threads",
-        "1",
-        "--gen-examples",
-        "4",
-        *extra,
-    ]
+    """The command line of these tests: one thread, four generations, then ``extra``."""
+    return cli_args(model_dir, data_files, "--threads", "1", "--gen-examples", "4", *extra)
 
 
 def test_json_record_on_stdout_and_appended_to_file(model_dir, data_files, tmp_path):
     out = tmp_path / "runs" / "records.jsonl"
-    args = _args(
-        model_dir,
-        data_files,
-        "--method",
-        "lora",
-        "--rank",
-        "2",
-        "--examples",
-        "100",
-        "--subset-seed",
-        "1",
-        "--seed",
-        "3",
-        "--max-steps",
-        "12",
-        "--json",
-        "--output",
-        str(out),
-    )
+    method = ["--method", "lora", "--rank", "2"]
+    run = ["--examples", "100", "--subset-seed", "1", "--seed", "3", "--max-steps", "12"]
+    args = _args(model_dir, data_files, *method, *run, "--json", "--output", str(out))
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.strip())
@@ -76,16 +45,8 @@ def test_json_record_on_stdout_and_appended_to_file(model_dir, data_files, tmp_p
 
 
 def test_human_summary_and_generic_peft_option(model_dir, data_files):
-    args = _args(
-        model_dir,
-        data_files,
-        "--method",
-        "prefix_tuning",
-        "--option",
-        "num_virtual_tokens=3",
-        "--max-steps",
-        "5",
-    )
+    method = ["--method", "prefix_tuning", "--option", "num_virtual_tokens=3"]
+    args = _args(model_dir, data_files, *method, "--max-steps", "5")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "method prefix_tuning (size 3)" in result.stdout
@@ -99,36 +60,11 @@ def test_csv_columns_and_template_fields(model_dir, data_files, tmp_path):
     frame = pd.DataFrame({"en": [r["source"] for r in rows], "de": [r["target"] for r in rows]})
     frame.to_csv(tmp_path / "train.csv", index=False)
     frame.to_csv(tmp_path / "dev.csv", index=False)
-    args = [
-        "finetune",
-        "--model",
-        str(model_dir),
-        "--method",
-        "lora",
-        "--train",
-        str(tmp_path / "train.csv"),
-        "--dev",
-        str(tmp_path / "dev.csv"),
-        "--test",
-        str(tmp_path / "dev.csv"),
-        "--source-column",
-        "en",
-        "--target-column",
-        "de",
-        "--template",
-        "{src} {sep}",
-        "--field",
-        "sep==",
-        "--max-steps",
-        "3",
-        "--threads",
-        "1",
-        "--gen-examples",
-        "0",
-        "--examples",
-        "50",
-        "--json",
-    ]
+    csv_files = (tmp_path / "train.csv", tmp_path / "dev.csv", tmp_path / "dev.csv")
+    columns = ["--source-column", "en", "--target-column", "de"]
+    template = ["--template", "{src} {sep}", "--field", "sep=="]
+    run = ["--max-steps", "3", "--threads", "1", "--gen-examples", "0", "--examples", "50"]
+    args = cli_args(model_dir, csv_files, "--method", "lora", *columns, *template, *run, "--json")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["examples"] == 50

@@ -7,33 +7,22 @@ import json
 import os
 
 import pytest
-from finetune_toy import copy_pairs, make_model, reverse_pairs, write_jsonl
+from finetune_toy import cli_args, copy_pairs, make_model, reverse_pairs, write_jsonl
 from typer.testing import CliRunner
 
 from ftscale.cli import app
-from ftscale.finetune import TaskConfig, TrainConfig, finetune, make_method
+from ftscale.finetune import TaskConfig, TrainConfig, make_method
 from ftscale.finetune.progress import PlainProgress
 from ftscale.finetune.spec import EvalSet, FinetuneJob
 from ftscale.finetune.tasks import encode_pairs
 
 
-def test_eval_sets_scored_before_and_after_with_seeded_shots(tok, base, pairs, tmp_path):
-    train, dev, test = pairs
+def test_eval_sets_scored_before_and_after_with_seeded_shots(run_toy, tmp_path):
     other = write_jsonl(tmp_path / "copy.jsonl", copy_pairs(40, 5))  # a task it never trains on
     config = TrainConfig(max_steps=30, gen_examples=4, eval_examples=12, threads=1)
     evals = [EvalSet("copy", str(other)), EvalSet("reverse", str(tmp_path / "rev.jsonl"))]
     write_jsonl(tmp_path / "rev.jsonl", reverse_pairs(30, 9))
-    record = finetune(
-        model=base,
-        tokenizer=tok,
-        method="lora",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-        evals=evals,
-        shots=2,
-    )
+    record = run_toy("lora", config, evals=evals, shots=2)
     assert set(record.evals) == {"copy", "reverse"}
     for name, result in record.evals.items():
         assert result["shots"] == 2
@@ -45,17 +34,7 @@ def test_eval_sets_scored_before_and_after_with_seeded_shots(tok, base, pairs, t
     # training on the reverse task helps its held-out pairs
     reverse = record.evals["reverse"]
     assert reverse["finetuned"]["nll"] < reverse["base"]["nll"]
-    again = finetune(
-        model=base,
-        tokenizer=tok,
-        method="lora",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-        evals=evals,
-        shots=2,
-    )
+    again = run_toy("lora", config, evals=evals, shots=2)
     assert again.evals == record.evals  # seeded sample and demonstrations
 
 
@@ -93,115 +72,56 @@ def test_builtin_eval_set_takes_test_pairs_and_dev_demonstrations():
     assert not set(demos) & set(scored)
 
 
-def test_improved_and_undertrained_flags(tok, base, pairs):
-    train, dev, test = pairs
+def test_improved_and_undertrained_flags(run_toy):
     tiny_rate = TrainConfig(max_steps=4, learning_rate=1.0, gen_examples=0, threads=1)
-    stalled = finetune(
-        model=base,
-        tokenizer=tok,
-        method="fmt",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=tiny_rate,
-    )
+    stalled = run_toy("fmt", tiny_rate)
     assert stalled.improved is False and stalled.best_step == 0 and not stalled.undertrained
     short = TrainConfig(max_steps=10, eval_every=5, patience=None, gen_examples=0, threads=1)
-    still = finetune(
-        model=base, tokenizer=tok, method="fmt", train=train, dev=dev, test=test, train_config=short
-    )
+    still = run_toy("fmt", short)
     assert still.improved and still.undertrained and still.best_step == still.steps == 10
 
 
-def test_examples_are_cut_to_the_model_context(tok, pairs):
+def test_examples_are_cut_to_the_model_context(tok, run_toy):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     small = make_model(tok)
     config = LlamaConfig(**{**small.config.to_dict(), "max_position_embeddings": 9})
     model = LlamaForCausalLM(config)
     long_pairs = reverse_pairs(40, 3, min_len=6, max_len=8)  # 2 * (6..8) + 3 tokens > 9
-    record = finetune(
-        model=model,
-        tokenizer=tok,
-        method="lora",
-        train=long_pairs,
-        dev=long_pairs[:8],
-        test=long_pairs[:8],
-        train_config=TrainConfig(max_steps=2, gen_examples=4, threads=1),
-    )
+
+    def run_long(method):  # the 9-position model on the long pairs
+        settings = TrainConfig(max_steps=2, gen_examples=4, threads=1)
+        splits = {"train": long_pairs, "dev": long_pairs[:8], "test": long_pairs[:8]}
+        return run_toy(method, settings, model=model, **splits)
+
+    record = run_long("lora")
     assert record.status == "ok" and record.context_length == 9
     assert record.truncated_context == 40 + 8 + 8
     encoded = encode_pairs(long_pairs, tok, TaskConfig(), "x", context=9)
     assert max(encoded.lengths) == 9
     lengths = zip(encoded.ids, encoded.prompt_lengths, strict=True)
     assert all(len(ids) - p >= 1 for ids, p in lengths)
-    prompt = make_method("prompt", prompt_length=3)
-    record = finetune(
-        model=model,
-        tokenizer=tok,
-        method=prompt,
-        train=long_pairs,
-        dev=long_pairs[:8],
-        test=long_pairs[:8],
-        train_config=TrainConfig(max_steps=2, gen_examples=4, threads=1),
-    )
+    record = run_long(make_method("prompt", prompt_length=3))
     assert record.status == "ok"  # 3 virtual tokens + at most 6 real ones fit in 9 positions
 
 
-def test_plain_progress_prints_one_line_per_dev_check(tok, base, pairs, capsys):
+def test_plain_progress_prints_one_line_per_dev_check(run_toy, capsys):
     import io
 
-    train, dev, test = pairs
     stream = io.StringIO()
     config = TrainConfig(max_steps=6, eval_every=2, gen_examples=0, threads=1, patience=None)
-    finetune(
-        model=base,
-        tokenizer=tok,
-        method="lora",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-        progress=PlainProgress(stream),
-    )
+    run_toy("lora", config, progress=PlainProgress(stream))
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3 and all(line.startswith("ftscale: lora lr ") for line in lines)
     assert "step 6/6" in lines[-1] and "dev NLL" in lines[-1]
 
 
 def test_cli_eval_shots_quiet_and_warnings(model_dir, data_files):
-    tr, dv, te = data_files
-    args = [
-        "finetune",
-        "--model",
-        str(model_dir),
-        "--method",
-        "prompt-tuning",
-        "--prompt-length",
-        "3",
-        "--train",
-        str(tr),
-        "--dev",
-        str(dv),
-        "--test",
-        str(te),
-        "--max-steps",
-        "4",
-        "--eval-every",
-        "2",
-        "--patience",
-        "0",
-        "--threads",
-        "1",
-        "--gen-examples",
-        "2",
-        "--eval",
-        f"again={dv}",
-        "--shots",
-        "1",
-        "--eval-examples",
-        "5",
-    ]
+    steps = ["--max-steps", "4", "--eval-every", "2", "--patience", "0"]
+    evals = ["--eval", f"again={data_files[1]}", "--shots", "1", "--eval-examples", "5"]
+    run = [*steps, "--threads", "1", "--gen-examples", "2", *evals]
+    prompt = ["--method", "prompt-tuning", "--prompt-length", "3"]
+    args = cli_args(model_dir, data_files, *prompt, *run)
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
@@ -213,7 +133,8 @@ def test_cli_eval_shots_quiet_and_warnings(model_dir, data_files):
     assert quiet.exit_code == 0 and quiet.stderr == ""
     human = CliRunner().invoke(app, [*args, "--quiet"])
     assert "eval again (1-shot, 5 pairs)" in human.stdout
-    diverging = [*args[:4], "full-model", *args[7:], "--lr", "1", "--json"]
+    full_model = ["--method", "full-model"]  # the same run, full-model tuning at rate 1
+    diverging = cli_args(model_dir, data_files, *full_model, *run, "--lr", "1", "--json")
     result = CliRunner().invoke(app, diverging)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["improved"] is False
@@ -262,29 +183,8 @@ def test_every_registry_name_and_alias_builds():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs a path that passes the check but fails")
 def test_record_reaches_the_user_when_output_fails_after_the_run(model_dir, data_files):
-    tr, dv, te = data_files
-    args = [
-        "finetune",
-        "--model",
-        str(model_dir),
-        "--method",
-        "lora",
-        "--train",
-        str(tr),
-        "--dev",
-        str(dv),
-        "--test",
-        str(te),
-        "--max-steps",
-        "2",
-        "--threads",
-        "1",
-        "--gen-examples",
-        "0",
-        "--quiet",
-        "--output",
-        "/proc/version",
-    ]
+    run = ["--method", "lora", "--max-steps", "2", "--threads", "1", "--gen-examples", "0"]
+    args = cli_args(model_dir, data_files, *run, "--quiet", "--output", "/proc/version")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 3, result.output
     record = json.loads(result.stdout)
@@ -294,29 +194,9 @@ def test_record_reaches_the_user_when_output_fails_after_the_run(model_dir, data
 
 
 def test_cli_prefix_tuning_takes_prompt_length(model_dir, data_files):
-    tr, dv, te = data_files
-    args = [
-        "finetune",
-        "--model",
-        str(model_dir),
-        "--method",
-        "prefix_tuning",
-        "--prompt-length",
-        "4",
-        "--train",
-        str(tr),
-        "--dev",
-        str(dv),
-        "--test",
-        str(te),
-        "--max-steps",
-        "2",
-        "--threads",
-        "1",
-        "--gen-examples",
-        "0",
-        "--print-job",
-    ]
+    prefix = ["--method", "prefix_tuning", "--prompt-length", "4"]
+    run = ["--max-steps", "2", "--threads", "1", "--gen-examples", "0", "--print-job"]
+    args = cli_args(model_dir, data_files, *prefix, *run)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     method = json.loads(result.stdout)["job"]["method"]

@@ -117,24 +117,20 @@ def test_gguf_model_loads_exactly_and_full_model_tuning_trains(tmp_path):
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
 
     config = TrainConfig(max_steps=30, gen_examples=4, threads=1)
-    record = finetune(
-        model=str(tmp_path),
-        tokenizer=None,
-        method="fmt",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-        gguf_file="tiny.gguf",
-    )
+
+    def run(method, model, gguf_file=None):  # tokenizer=None: the one in the GGUF file
+        return finetune(
+            model=model,
+            tokenizer=None,
+            method=method,
+            train=train,
+            dev=dev,
+            test=test,
+            train_config=config,
+            gguf_file=gguf_file,
+        )
+
+    record = run("fmt", str(tmp_path), gguf_file="tiny.gguf")  # a folder and the file in it
     assert record.status == "ok" and record.best_dev_nll < record.initial_dev_nll - 0.1
-    lora = finetune(
-        model=str(tmp_path / "tiny.gguf"),
-        tokenizer=None,
-        method="lora",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-    )
+    lora = run("lora", str(tmp_path / "tiny.gguf"))  # the file itself
     assert lora.status == "ok" and lora.best_dev_nll < lora.initial_dev_nll

@@ -7,6 +7,7 @@ import json
 import pickle
 
 import pytest
+from finetune_toy import cli_args
 from typer.testing import CliRunner
 
 from ftscale.cli import app
@@ -69,30 +70,9 @@ def test_bad_job_files_name_the_field(tmp_path):
 def test_print_job_then_job_runs_the_same_record(model_dir, data_files, tmp_path):
     """``ftscale finetune ... --print-job > job.json`` then ``ftscale finetune --job job.json``:
     the same key and the same record (it failed with "unknown field 'job'" before)."""
-    tr, dv, te = data_files
-    flags = [
-        "finetune",
-        "--model",
-        str(model_dir),
-        "--method",
-        "lora",
-        "--rank",
-        "2",
-        "--train",
-        str(tr),
-        "--dev",
-        str(dv),
-        "--test",
-        str(te),
-        "--examples",
-        "40",
-        "--max-steps",
-        "3",
-        "--gen-examples",
-        "2",
-        "--threads",
-        "1",
-    ]
+    method = ["--method", "lora", "--rank", "2"]
+    run = ["--examples", "40", "--max-steps", "3", "--gen-examples", "2", "--threads", "1"]
+    flags = cli_args(model_dir, data_files, *method, *run)
     runner = CliRunner()
     printed = runner.invoke(app, [*flags, "--print-job"])
     assert printed.exit_code == 0, printed.output
@@ -110,21 +90,11 @@ def test_print_job_then_job_runs_the_same_record(model_dir, data_files, tmp_path
     assert FinetuneJob.read(bare).key == FinetuneJob.read(job_file).key == spec["key"]
 
 
-def test_lr_auto_searches_on_dev_and_records_the_search(base, tok, pairs):
-    from ftscale.finetune import finetune
+def test_lr_auto_searches_on_dev_and_records_the_search(run_toy):
     from ftscale.finetune.methods import get_method
 
-    train, dev, test = pairs
     config = TrainConfig(examples=60, max_steps=12, learning_rate="auto", gen_examples=0)
-    record = finetune(
-        model=base,
-        tokenizer=tok,
-        method=make_method("lora", rank=2),
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-    )
+    record = run_toy(make_method("lora", rank=2), config)
     search = record.lr_search
     assert search["grid"] == list(get_method("lora").search_grid) and len(search["dev_nll"]) == 5
     assert record.learning_rate == search["chosen"] in search["grid"]

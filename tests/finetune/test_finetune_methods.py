@@ -7,7 +7,7 @@ import torch
 from finetune_toy import make_model
 
 from ftscale.errors import UserError
-from ftscale.finetune import TrainConfig, apply_method, finetune, make_method
+from ftscale.finetune import TrainConfig, apply_method, make_method
 from ftscale.finetune.methods import base_parameter_counts, count_parameters, known_methods
 
 QUICK = TrainConfig(max_steps=15, gen_examples=0, threads=1, batch_size=8)
@@ -100,19 +100,9 @@ def test_prompt_init_uses_sampled_vocabulary_embeddings(tok, base):
 @pytest.mark.parametrize(
     "method", [make_method("lora", rank=2), make_method("prompt", prompt_length=4)]
 )
-def test_pet_leaves_base_weights_bit_identical(tok, base, pairs, method):
-    train, dev, test = pairs
+def test_pet_leaves_base_weights_bit_identical(base, run_toy, method):
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    result = finetune(
-        model=base,
-        tokenizer=tok,
-        method=method,
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=QUICK,
-        return_model=True,
-    )
+    result = run_toy(method, QUICK, return_model=True)
     assert result.record.status == "ok"
     trained = result.model
     if method.name == "lora":
@@ -130,19 +120,9 @@ def test_pet_leaves_base_weights_bit_identical(tok, base, pairs, method):
         assert torch.equal(tensor, before[name])
 
 
-def test_fmt_changes_weights_but_not_the_callers_model(tok, base, pairs):
-    train, dev, test = pairs
+def test_fmt_changes_weights_but_not_the_callers_model(base, run_toy):
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    result = finetune(
-        model=base,
-        tokenizer=tok,
-        method="fmt",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=QUICK,
-        return_model=True,
-    )
+    result = run_toy("fmt", QUICK, return_model=True)
     changed = [n for n, t in result.model.state_dict().items() if not torch.equal(t, before[n])]
     assert changed
     assert all(torch.equal(t, before[n]) for n, t in base.state_dict().items())

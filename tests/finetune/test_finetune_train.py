@@ -20,13 +20,18 @@ from ftscale.finetune import (
     TaskConfig,
     TrainConfig,
     encode_pairs,
-    finetune,
     make_method,
     mean_nll,
     nested_subset,
     score_generations,
 )
 from ftscale.finetune.tasks import collate, length_grouped_batches
+
+#: 16 examples, batches of 8 at a high learning rate, dev checked every 5 steps: the dev loss dips
+#: within a few checks and then rises as the model overfits.
+SMALL_AND_HOT = dict(
+    examples=16, batch_size=8, eval_every=5, learning_rate=3e-2, gen_examples=0, threads=1
+)
 
 
 @pytest.mark.parametrize(
@@ -39,18 +44,9 @@ from ftscale.finetune.tasks import collate, length_grouped_batches
     ],
     ids=["fmt", "lora", "prompt", "ia3"],
 )
-def test_each_method_lowers_dev_loss(tok, base, pairs, method, lr, margin):
-    train, dev, test = pairs
+def test_each_method_lowers_dev_loss(run_toy, method, lr, margin):
     config = TrainConfig(max_steps=80, learning_rate=lr, gen_examples=8, threads=1, patience=None)
-    record = finetune(
-        model=base,
-        tokenizer=tok,
-        method=method,
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-    )
+    record = run_toy(method, config)
     assert record.status == "ok", record.reason
     assert record.best_dev_nll < record.initial_dev_nll - margin
     assert record.test_nll < record.initial_dev_nll  # the test split gains too
@@ -59,45 +55,18 @@ def test_each_method_lowers_dev_loss(tok, base, pairs, method, lr, margin):
     assert 0 <= record.gen_chrf <= 100 and record.gen_examples == 8
 
 
-def test_adafactor_trains(tok, base, pairs):
-    train, dev, test = pairs
+def test_adafactor_trains(run_toy):
     config = TrainConfig(max_steps=40, optimizer="adafactor", gen_examples=0, threads=1)
-    record = finetune(
-        model=base,
-        tokenizer=tok,
-        method="fmt",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-    )
+    record = run_toy("fmt", config)
     assert record.optimizer == "adafactor"
     assert record.best_dev_nll < record.initial_dev_nll - 0.1
 
 
-def test_best_dev_state_is_what_gets_evaluated(tok, base, pairs):
+def test_best_dev_state_is_what_gets_evaluated(tok, pairs, run_toy):
     # 16 examples at a high learning rate: dev loss dips, then overfitting drives it far up.
-    train, dev, _ = pairs
-    config = TrainConfig(
-        examples=16,
-        batch_size=8,
-        max_steps=60,
-        eval_every=5,
-        patience=None,
-        learning_rate=3e-2,
-        gen_examples=0,
-        threads=1,
-    )
-    result = finetune(
-        model=base,
-        tokenizer=tok,
-        method="fmt",
-        train=train,
-        dev=dev,
-        test=dev,
-        train_config=config,
-        return_model=True,
-    )  # test split = dev split
+    _, dev, _ = pairs
+    config = TrainConfig(**SMALL_AND_HOT, max_steps=60, patience=None)
+    result = run_toy("fmt", config, test=dev, return_model=True)  # test split = dev split
     record = result.record
     history = dict((int(s), v) for s, v in record.dev_history)
     assert 0 < record.best_step < 60
@@ -109,27 +78,8 @@ def test_best_dev_state_is_what_gets_evaluated(tok, base, pairs):
     assert again == record.best_dev_nll
 
 
-def test_early_stopping_stops_when_dev_stalls(tok, base, pairs):
-    train, dev, test = pairs
-    config = TrainConfig(
-        examples=16,
-        batch_size=8,
-        max_steps=200,
-        eval_every=5,
-        patience=2,
-        learning_rate=3e-2,
-        gen_examples=0,
-        threads=1,
-    )
-    record = finetune(
-        model=base,
-        tokenizer=tok,
-        method="fmt",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-    )
+def test_early_stopping_stops_when_dev_stalls(run_toy):
+    record = run_toy("fmt", TrainConfig(**SMALL_AND_HOT, max_steps=200, patience=2))
     assert record.stopped_early and record.steps < 200
     assert record.steps == record.best_step + 2 * 5
 
@@ -193,28 +143,18 @@ def test_generation_scores_match_hand_computation():
     assert score_generations(["我爱你"], ["我爱他"]).rouge_l == pytest.approx(100 * 2 / 3)
 
 
-def test_forced_nan_weight_gives_failed_record(tok, base, pairs):
-    train, dev, test = pairs
+def test_forced_nan_weight_gives_failed_record(base, run_toy):
     broken = copy.deepcopy(base)
     with torch.no_grad():
         broken.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
-    record = finetune(
-        model=broken,
-        tokenizer=tok,
-        method="lora",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=TrainConfig(max_steps=5, threads=1),
-    )
+    record = run_toy("lora", TrainConfig(max_steps=5, threads=1), model=broken)
     assert record.status == "failed" and record.failed_step == 0
     assert "non-finite" in record.reason
     data = json.loads(record.to_json())
     assert data["test_nll"] is None and data["status"] == "failed"
 
 
-def test_diverging_loss_gives_failed_record_with_step(tok, base, pairs):
-    train, dev, test = pairs
+def test_diverging_loss_gives_failed_record_with_step(run_toy):
     config = TrainConfig(
         max_steps=30,
         learning_rate=1e30,
@@ -223,71 +163,30 @@ def test_diverging_loss_gives_failed_record_with_step(tok, base, pairs):
         warmup_fraction=0.0,
         threads=1,
     )
-    record = finetune(
-        model=base,
-        tokenizer=tok,
-        method="fmt",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-    )
+    record = run_toy("fmt", config)
     assert record.status == "failed"
     assert record.reason.startswith("non-finite training loss")
     assert 1 < record.failed_step <= 30 and f"step {record.failed_step}" in record.reason
     assert record.test_nll is None
 
 
-def test_same_seed_same_record(tok, base, pairs):
-    train, dev, test = pairs
+def test_same_seed_same_record(run_toy):
     method = make_method("lora", rank=2, dropout=0.1)  # dropout exercises the seeded RNG
     config = TrainConfig(examples=120, max_steps=25, gen_examples=6, threads=1, seed=7)
-    first = finetune(
-        model=base,
-        tokenizer=tok,
-        method=method,
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-    )
+    first = run_toy(method, config)
     torch.manual_seed(12345)  # global RNG state must not matter
-    second = finetune(
-        model=base,
-        tokenizer=tok,
-        method=method,
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-    )
+    second = run_toy(method, config)
     assert first.comparable() == second.comparable()
     assert first.to_json().count("\n") == 0
-    other = finetune(
-        model=base,
-        tokenizer=tok,
-        method=method,
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=TrainConfig(examples=120, max_steps=25, gen_examples=6, threads=1, seed=8),
+    other = run_toy(
+        method, TrainConfig(examples=120, max_steps=25, gen_examples=6, threads=1, seed=8)
     )
     assert other.comparable() != first.comparable()
 
 
-def test_record_carries_the_contract_fields(tok, base, pairs):
-    train, dev, test = pairs
-    record = finetune(
-        model=base,
-        tokenizer=tok,
-        method=make_method("prompt", prompt_length=4),
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=TrainConfig(
-            examples=64, subset_seed=2, max_steps=8, gen_examples=4, threads=1
-        ),
-    )
+def test_record_carries_the_contract_fields(run_toy):
+    config = TrainConfig(examples=64, subset_seed=2, max_steps=8, gen_examples=4, threads=1)
+    record = run_toy(make_method("prompt", prompt_length=4), config)
     data = json.loads(record.to_json())
     for key in CONTRACT:
         assert key in data
@@ -306,76 +205,35 @@ def test_record_carries_the_contract_fields(tok, base, pairs):
     assert len({TaskConfig(fields={"x": "y"}), TaskConfig(fields={"x": "y"})}) == 1
 
 
-def test_dev_sample_is_fixed_and_test_split_whole(tok, base, pairs):
-    train, dev, test = pairs
+def test_dev_sample_is_fixed_and_test_split_whole(pairs, run_toy):
+    _, dev, test = pairs
     config = TrainConfig(max_steps=6, dev_examples=10, gen_examples=0, threads=1)
-    first = finetune(
-        model=base,
-        tokenizer=tok,
-        method="lora",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-    )
+    first = run_toy("lora", config)
     assert first.dev_examples == 10 and first.test_examples == len(test)
     other_seed = TrainConfig(max_steps=6, dev_examples=10, gen_examples=0, threads=1, seed=5)
-    second = finetune(
-        model=base,
-        tokenizer=tok,
-        method="fmt",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=other_seed,
-    )
+    second = run_toy("fmt", other_seed)
     assert second.initial_dev_nll == first.initial_dev_nll  # same sample, same untrained model
-    whole = finetune(
-        model=base,
-        tokenizer=tok,
-        method="fmt",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=TrainConfig(max_steps=6, gen_examples=0),
-    )
+    whole = run_toy("fmt", TrainConfig(max_steps=6, gen_examples=0))
     assert whole.dev_examples == len(dev) and whole.initial_dev_nll != first.initial_dev_nll
 
 
-def test_tokenizer_without_pad_token(pairs):
+def test_tokenizer_without_pad_token(run_toy):
     tok = make_tokenizer(pad=False)
     assert tok.pad_token_id is None
-    train, dev, test = pairs
-    record = finetune(
-        model=make_model(tok),
-        tokenizer=tok,
-        method="lora",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=TrainConfig(max_steps=10, gen_examples=4, threads=1),
-    )
+    config = TrainConfig(max_steps=10, gen_examples=4, threads=1)
+    record = run_toy("lora", config, model=make_model(tok), tokenizer=tok)
     assert record.status == "ok" and record.best_dev_nll <= record.initial_dev_nll
 
 
-def test_bad_data_raises_one_line_user_errors(tok, base, pairs):
-    train, dev, test = pairs
+def test_bad_data_raises_one_line_user_errors(run_toy):
     with pytest.raises(UserError, match="train: no examples"):
-        finetune(model=base, tokenizer=tok, method="fmt", train=[], dev=dev, test=test)
+        run_toy("fmt", train=[])
     with pytest.raises(UserError, match="larger than the training data"):
-        finetune(
-            model=base,
-            tokenizer=tok,
-            method="fmt",
-            train=train,
-            dev=dev,
-            test=test,
-            train_config=TrainConfig(examples=10_000),
-        )
+        run_toy("fmt", TrainConfig(examples=10_000))
     with pytest.raises(UserError, match="unknown finetuning method"):
-        finetune(model=base, tokenizer=tok, method="nosuch", train=train, dev=dev, test=test)
+        run_toy("nosuch")
     with pytest.raises(UserError, match="needs its tokenizer"):
-        finetune(model=base, tokenizer=None, method="fmt", train=train, dev=dev, test=test)
+        run_toy("fmt", tokenizer=None)
     with pytest.raises(UserError, match="template"):
         TaskConfig(template="no source here")
     with pytest.raises(UserError, match="optimizer"):
@@ -465,17 +323,10 @@ def test_reverse_pairs_fixture_is_varied():
     assert len({len(p.source.split()) for p in rows}) > 2
 
 
-def test_activation_checkpointing_changes_memory_not_numbers(tok, base, pairs):
-    train, dev, test = pairs
+def test_activation_checkpointing_changes_memory_not_numbers(run_toy):
     runs = [
-        finetune(
-            model=base,
-            tokenizer=tok,
-            method=method,
-            train=train,
-            dev=dev,
-            test=test,
-            train_config=TrainConfig(max_steps=6, gen_examples=2, threads=1, checkpointing=flag),
+        run_toy(
+            method, TrainConfig(max_steps=6, gen_examples=2, threads=1, checkpointing=flag)
         ).comparable()
         for method in ("lora", "fmt")
         for flag in (False, True)
@@ -486,14 +337,14 @@ def test_activation_checkpointing_changes_memory_not_numbers(tok, base, pairs):
 
 
 @pytest.mark.parametrize("where", ["training", "generating", "eval set"])
-def test_out_of_memory_anywhere_becomes_a_failed_record(tok, base, pairs, monkeypatch, where):
+def test_out_of_memory_anywhere_becomes_a_failed_record(pairs, run_toy, monkeypatch, where):
     """Fault injection: torch's own out-of-memory error raised inside one step of the run."""
     import ftscale.finetune.recipe as train_module
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CPU out of memory (injected)")
 
-    train, dev, test = pairs
+    train, dev, _ = pairs
     evals = ()
     if where == "training":
         calls = {"n": 0}
@@ -519,16 +370,7 @@ def test_out_of_memory_anywhere_becomes_a_failed_record(tok, base, pairs, monkey
             lambda run, data: out_of_memory() if run.record.steps else real_score(run, data),
         )
     config = TrainConfig(max_steps=6, eval_every=3, gen_examples=2, threads=1, patience=None)
-    record = finetune(
-        model=base,
-        tokenizer=tok,
-        method="lora",
-        train=train,
-        dev=dev,
-        test=test,
-        train_config=config,
-        evals=evals,
-    )
+    record = run_toy("lora", config, evals=evals)
     assert record.status == "failed" and record.reason.startswith("out of memory while")
     assert record.improved is None and record.undertrained is None
     if where == "training":

@@ -30,6 +30,11 @@ def study(extra: str = "", head: str = 'name = "h"\n') -> str:
     return head + LADDER + extra
 
 
+def recommend(study_dir: str, model_size: str, examples: str, *extra: str) -> list[str]:
+    """``ftscale recommend STUDY_DIR --model-size N --examples D ...``."""
+    return ["recommend", study_dir, "--model-size", model_size, "--examples", examples, *extra]
+
+
 # (id, study file text or None for a special file, regex the error line must match)
 FILES = [
     ("not toml", "name = = 3", r"not valid TOML"),
@@ -125,36 +130,20 @@ OTHER = [
     ("report missing dir", ["report", "{tmp}/nope"], r"no such study directory"),
     ("report not a study", ["report", "{folder}"], r"not a study directory"),
     ("report corrupt", ["report", "{corrupt}"], r"not a study store"),
-    (
-        "recommend missing",
-        ["recommend", "{tmp}/nope", "--model-size", "1e6", "--examples", "100"],
-        r"no such study directory",
-    ),
-    (
-        "recommend not study",
-        ["recommend", "{folder}", "--model-size", "1e6", "--examples", "9"],
-        r"not a study directory",
-    ),
+    ("recommend missing", recommend("{tmp}/nope", "1e6", "100"), r"no such study directory"),
+    ("recommend not study", recommend("{folder}", "1e6", "9"), r"not a study directory"),
     (
         "recommend negative N",
-        ["recommend", "{folder}", "--model-size", "-5", "--examples", "9"],
+        recommend("{folder}", "-5", "9"),
         r"--model-size must be a positive number",
     ),
-    (
-        "recommend zero D",
-        ["recommend", "{folder}", "--model-size", "5", "--examples", "0"],
-        r"--examples must be a positive number",
-    ),
+    ("recommend zero D", recommend("{folder}", "5", "0"), r"--examples must be a positive number"),
     (
         "recommend nan target",
-        ["recommend", "{folder}", "--model-size", "5", "--examples", "9", "--target-loss", "nan"],
+        recommend("{folder}", "5", "9", "--target-loss", "nan"),
         r"--target-loss must be a positive",
     ),
-    (
-        "recommend word",
-        ["recommend", "{folder}", "--model-size", "big", "--examples", "9"],
-        r"model-size",
-    ),
+    ("recommend word", recommend("{folder}", "big", "9"), r"model-size"),
     ("recommend no size", ["recommend", "{folder}", "--examples", "9"], r"model-size"),
 ]
 
