@@ -35,3 +35,27 @@ CASES = [
 def test_spec_tables_of_study_files(hostile, name, text, match):
     hostile.file("study", text, filename="s.toml")
     hostile(["study", "plan", "{study}"], match=r"s\.toml: .*" + match)
+
+
+PACKS = [
+    ("pack zero", ["--pack", "0"], r"--pack '0': expected auto or a whole number from 1 to 256"),
+    ("pack negative", ["--pack", "-2"], r"--pack '-2'"),
+    ("pack word", ["--pack", "many"], r"--pack 'many'"),
+    ("pack too large", ["--pack", "1000"], r"--pack '1000'"),
+    ("pack fraction", ["--pack", "2.5"], r"--pack '2.5'"),
+]
+
+
+@pytest.mark.parametrize(("name", "extra", "match"), PACKS, ids=[c[0] for c in PACKS])
+def test_pack_option(hostile, name, extra, match):
+    hostile.file("good", study(), filename="good.toml")
+    hostile(["study", "run", "{good}", *extra], match=match)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("pack = 0", r"run.pack"), ('pack = "some"', r"run.pack"), ("pack = 1.5", r"run.pack")],
+)
+def test_pack_in_the_run_table(hostile, text, match):
+    hostile.file("study", study(f"[run]\n{text}\n"), filename="s.toml")
+    hostile(["study", "plan", "{study}"], match=r"s\.toml: .*" + match)

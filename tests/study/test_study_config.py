@@ -130,3 +130,25 @@ def _beta_finding(betas: dict[str, float]) -> dict:
 )
 def test_the_beta_finding_compares_method_families(betas, status):
     assert _beta_finding(betas)["status"] == status
+
+
+def test_runs_are_packed_with_runs_that_can_train_with_them(tmp_path):
+    from ftscale.study.plan import pack_runs, pack_size
+
+    _, plan = _plan(
+        tmp_path,
+        {"fmt": {}, "lora": {"rank": 4}, "prompt": {"prompt_length": 8}},
+        {"lora": [2, 4, 8], "prompt": [4, 8]},
+    )
+    packs = pack_runs(plan.runs, 4)
+    assert sorted(r.key for p in packs for r in p) == sorted(r.key for r in plan.runs)
+    for pack in packs:
+        assert 1 <= len(pack) <= 4
+        assert len({(r.checkpoint.rung, r.method) for r in pack}) == 1
+        if pack[0].method == "prompt":  # one prompt length per pack; LoRA ranks may mix
+            assert len({r.method_size for r in pack}) == 1
+    lora_pet = [p for p in packs if p[0].method == "lora" and len({r.method_size for r in p}) > 1]
+    assert lora_pet, "LoRA runs of different ranks share packs"
+    assert all(len(p) == 1 for p in pack_runs(plan.runs, 1))
+    assert pack_size("auto", "cpu") == 1 and pack_size("auto", "cuda:0") == 8
+    assert pack_size(3, "cpu") == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -23,6 +24,9 @@ SMALL = {
 }
 
 
+QUIET = ("--no-report", "-q")
+
+
 def _store(study_dir):
     with sqlite3.connect(study_dir / "study.sqlite") as db:
         db.row_factory = sqlite3.Row
@@ -30,9 +34,11 @@ def _store(study_dir):
         return {r["key"]: dict(r) for r in db.execute("SELECT * FROM runs")}
 
 
+@pytest.mark.parametrize("pack", ["1", "3"])
 def test_killed_at_random_points_and_restarted_finishes_each_run_once(
-    finished_study, cache_dir, tmp_path
+    finished_study, cache_dir, tmp_path, pack
 ):
+    """Packed or not, a study killed mid-way resumes run by run: each run in the store once."""
     path = write_study(tmp_path / "small.toml", SMALL, pet_sizes={})
     study_dir = tmp_path / "small"
     env = {**os.environ, "FTSCALE_CACHE": str(cache_dir), "PYTHONPATH": str(ROOT / "src")}
@@ -40,7 +46,7 @@ def test_killed_at_random_points_and_restarted_finishes_each_run_once(
     kills = 0
     for _ in range(3):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ftscale", "study", "run", str(path), "--no-report", "-q"],
+            [sys.executable, "-m", "ftscale", "study", "run", str(path), *QUIET, "--pack", pack],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -57,7 +63,9 @@ def test_killed_at_random_points_and_restarted_finishes_each_run_once(
         assert all(r["status"] in ("pending", "running", "ok", "failed") for r in partial.values())
     # The keys leave threads out, so the process pool finishes what the local runs started.
     result = cli(
-        ["study", "run", str(path), "--no-report", "--executor", "process"], tmp_path, cache_dir
+        ["study", "run", str(path), "--no-report", "--executor", "process", "--pack", pack],
+        tmp_path,
+        cache_dir,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = _store(study_dir)
@@ -93,6 +101,34 @@ def test_a_failed_run_is_recorded_and_the_study_completes(finished_study, cache_
     assert again.returncode == 0
     attempts = {r["key"]: r["attempts"] for r in _store(tmp_path / "failing").values()}
     assert all(attempts[r["key"]] == 2 for r in failed)
+
+
+def test_a_packed_study_stores_the_records_of_one_run_at_a_time(
+    finished_study, cache_dir, tmp_path
+):
+    from ftscale.study.config import load_study
+    from ftscale.study.executors import ExecutorOptions
+    from ftscale.study.runner import run_study
+
+    path = write_study(tmp_path / "packs.toml", {**SMALL, "name": "packs"}, pet_sizes={})
+    study = load_study(path)
+    options = ExecutorOptions(threads=1)
+    for pack in (1, 3):
+        summary = run_study(
+            study,
+            tmp_path / f"pack{pack}",
+            executor="local",
+            options=options,
+            report=False,
+            pack=pack,
+        )
+        assert summary.ok == 9
+    alone, packed = _store(tmp_path / "pack1"), _store(tmp_path / "pack3")
+    assert set(alone) == set(packed)
+    for key, row in alone.items():
+        a, b = json.loads(row["record"]), json.loads(packed[key]["record"])
+        assert b["test_nll"] == pytest.approx(a["test_nll"], abs=1e-3)
+        assert b["best_step"] == a["best_step"] and b["steps"] == a["steps"]
 
 
 def test_ray_executor_gives_the_same_store_as_local(finished_study, cache_dir, tmp_path):

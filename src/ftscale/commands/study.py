@@ -49,6 +49,13 @@ def run_command(
     cache: Annotated[
         Path | None, typer.Option(help="Model cache (default $FTSCALE_CACHE or ~/.cache).")
     ] = None,
+    pack: Annotated[
+        str | None,
+        typer.Option(
+            help="Runs trained as one computation: a number (1: one at a time), or auto (1 on "
+            "a CPU, 8 on a GPU); default: the file's [run] pack."
+        ),
+    ] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the report.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -57,6 +64,7 @@ def run_command(
     from ftscale.study.executors import make_executor
     from ftscale.study.runner import run_study
 
+    members = _pack_option(pack)
     study = load_study(file or DEFAULT_STUDY)
     name = executor or study.config.run.executor
     if address and name != "ray":
@@ -73,15 +81,33 @@ def run_command(
         say=(lambda m: None) if quiet else _err,
         progress="none" if quiet else "auto",
         report=not no_report,
+        pack=members,
     )
     if not quiet:
-        _err(
-            f"{summary.ran} runs done now ({summary.ok} ok, {summary.failed} failed), "
-            f"{summary.skipped} were already in the store; {summary.wall_s:.0f} s"
-        )
-        if summary.report:
-            _err(f"report: {summary.report['html']}")
+        _say_summary(summary)
     typer.echo(str(summary.study_dir))
+
+
+def _say_summary(summary) -> None:
+    _err(
+        f"{summary.ran} runs done now ({summary.ok} ok, {summary.failed} failed), "
+        f"{summary.skipped} were already in the store; {summary.wall_s:.0f} s"
+    )
+    if summary.report:
+        _err(f"report: {summary.report['html']}")
+
+
+def _pack_option(text: str | None) -> int | str | None:
+    """``--pack``: ``auto`` or a whole number from 1 to 256."""
+    if text is None or text.strip().lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 256:
+        raise UserError(f"--pack {text!r}: expected auto or a whole number from 1 to 256")
+    return value
 
 
 def _executor_options(run, workers: int | None, threads: int | None, address: str | None):

@@ -323,9 +323,9 @@ def search_learning_rate(
 # -- the steps -------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Run:
-    """The state one run's steps share."""
+    """The state one run's steps share (compared and hashed by identity)."""
 
     inputs: RunInputs
     model: torch.nn.Module
@@ -346,6 +346,7 @@ class Run:
     epoch_batches: int = 0
     eval_time: float = 0.0
     phase: str = "preparing"
+    loop: Any = None  # the training loop's state (Loop), from start_loop
 
     @property
     def config(self) -> TrainConfig:
@@ -526,84 +527,146 @@ def _fail(run: Run, reason: str, step: int) -> None:
 
 
 def train(run: Run, progress: Any) -> None:
-    """Step 2: the training loop with dev checks; the best trainable state is kept in memory."""
-    config, record = run.config, run.record
+    """Step 2: the training loop with dev checks; the best trainable state is kept in memory.
+    Written as the loop's named pieces (:func:`start_loop`, :func:`next_batch`,
+    :func:`after_dev`, ...) that :mod:`ftscale.finetune.packing` drives for many runs at once."""
     run.phase = "checking dev before training"
-    best = _dev_check(run, 0)
-    _keep_best(run)
-    total = record.max_steps
-    every = config.eval_every or max(1, math.ceil(total / config.evals))
-    optimizer = _make_optimizer(config, run.params, record.learning_rate)
-    rng = np.random.default_rng(config.seed)
-    batches: list[list[int]] = []
-    stale = 0
-    if progress is not None:
-        progress.start(total, f"{run.inputs.method.name} lr {record.learning_rate:g}")
-    run.model.train()
-    began, eval_before = time.perf_counter(), run.eval_time
-    while record.steps < total:
+    start_loop(run, _dev_check(run, 0), progress)
+    while run.record.steps < run.record.max_steps:
         run.phase = "training"
-        if not batches:
-            batches = length_grouped_batches(run.train.lengths, config.batch_size, rng)
-        loss = _train_step(run, optimizer, batches.pop())
+        loss = _train_step(run, next_batch(run))
         if progress is not None:
-            progress.step(record.steps, loss)
-        if record.steps % every and record.steps != total:
-            continue
-        value = _dev_check(run, record.steps)
-        if progress is not None:
-            progress.dev(record.steps, value, min(best, value))
-        if value < best:
-            best, stale = value, 0
-            _keep_best(run)
-        else:
-            stale += 1
-            if config.patience is not None and stale >= config.patience:
-                record.stopped_early = record.steps < total
-                break
-    record.train_s = time.perf_counter() - began - (run.eval_time - eval_before)
-    _training_summary(run)
+            progress.step(run.record.steps, loss)
+        if dev_due(run) and after_dev(run, _dev_check(run, run.record.steps), progress):
+            break
+    end_loop(run)
 
 
-def _train_step(run: Run, optimizer, indices: list[int]) -> float:
-    """One optimizer step on one batch; returns its loss (nats per target token)."""
+@dataclass
+class Loop:
+    """The state of one run's training loop: its optimizer, batch order (seeded by the run's
+    seed), dev-check spacing (steps), best dev NLL so far and checks without improvement."""
+
+    optimizer: Any
+    rng: np.random.Generator
+    every: int
+    best: float
+    batches: list[list[int]] = dataclasses.field(default_factory=list)
+    stale: int = 0
+    began: float = 0.0
+    eval_before: float = 0.0
+
+
+def start_loop(run: Run, initial_dev: float, progress: Any = None) -> None:
+    """Keep the state before training as the best, make the optimizer, start the clock."""
     config, record = run.config, run.record
-    input_ids, labels, real = collate(run.train, indices, run.pad)
-    input_ids, labels = input_ids.to(run.device), labels.to(run.device)
+    _keep_best(run)
+    every = config.eval_every or max(1, math.ceil(record.max_steps / config.evals))
+    optimizer = _make_optimizer(config, run.params, record.learning_rate)
+    run.loop = Loop(optimizer, np.random.default_rng(config.seed), every, initial_dev)
+    if progress is not None:
+        progress.start(record.max_steps, f"{run.inputs.method.name} lr {record.learning_rate:g}")
+    run.model.train()
+    run.loop.began, run.loop.eval_before = time.perf_counter(), run.eval_time
+
+
+def next_batch(run: Run) -> list[int]:
+    """The next batch of the run's own order (a new length-grouped epoch when one ends)."""
+    loop = run.loop
+    if not loop.batches:
+        loop.batches = length_grouped_batches(run.train.lengths, run.config.batch_size, loop.rng)
+    return loop.batches.pop()
+
+
+def set_rate(run: Run) -> None:
+    """The schedule's rate for the coming step into the run's optimizer."""
+    config, record = run.config, run.record
     warmup = math.ceil(config.warmup_fraction * record.max_steps)
     rate = warmup_cosine(
         record.steps, record.max_steps, record.learning_rate, warmup, config.final_lr_fraction
     )
-    for group in optimizer.param_groups:
+    for group in run.loop.optimizer.param_groups:
         group["lr"] = rate
-    with autocast(run.device, run.autocast):
-        nll_sum, count = target_nll(run.model, input_ids, labels, fast=run.fast)
-    loss = nll_sum / count
+
+
+def check_loss(run: Run, loss: torch.Tensor) -> None:
+    """:class:`RunFailed` when the step's training loss is NaN or infinite."""
     if not torch.isfinite(loss):
-        raise RunFailed(
-            f"non-finite training loss ({loss.item()}) at step {record.steps + 1}",
-            record.steps + 1,
-        )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm)
-    optimizer.step()
+        step = run.record.steps + 1
+        raise RunFailed(f"non-finite training loss ({loss.item()}) at step {step}", step)
+
+
+def update(run: Run, *, real: int, count: int, padded: int) -> None:
+    """After the backward pass: clip, step the optimizer, count the step's tokens (``real``
+    tokens, ``count`` target tokens, ``padded`` positions of the run's own batch)."""
+    if run.config.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(run.params, run.config.max_grad_norm)
+    run.loop.optimizer.step()
+    record = run.record
     record.steps += 1
     run.epoch_batches += 1
     record.tokens_seen += real
     record.target_tokens_seen += count
-    run.padded_tokens += input_ids.numel()
+    run.padded_tokens += padded
+
+
+def dev_due(run: Run) -> bool:
+    """Whether a dev check follows the step just taken (every ``every`` steps and at the end)."""
+    steps = run.record.steps
+    return steps % run.loop.every == 0 or steps == run.record.max_steps
+
+
+def after_dev(run: Run, value: float, progress: Any = None) -> bool:
+    """Keep the state if ``value`` (the dev NLL just recorded) is the best; whether the run stops
+    early (``patience`` checks without improvement)."""
+    loop, record = run.loop, run.record
+    if progress is not None:
+        progress.dev(record.steps, value, min(loop.best, value))
+    if value < loop.best:
+        loop.best, loop.stale = value, 0
+        _keep_best(run)
+        return False
+    loop.stale += 1
+    patience = run.config.patience
+    if patience is not None and loop.stale >= patience:
+        record.stopped_early = record.steps < record.max_steps
+        return True
+    return False
+
+
+def end_loop(run: Run) -> None:
+    """Training time (dev checks excluded) and the counts that follow from the steps."""
+    loop = run.loop
+    run.record.train_s = time.perf_counter() - loop.began - (run.eval_time - loop.eval_before)
+    _training_summary(run)
+
+
+def _train_step(run: Run, indices: list[int]) -> float:
+    """One optimizer step on one batch; returns its loss (nats per target token)."""
+    input_ids, labels, real = collate(run.train, indices, run.pad)
+    input_ids, labels = input_ids.to(run.device), labels.to(run.device)
+    set_rate(run)
+    with autocast(run.device, run.autocast):
+        nll_sum, count = target_nll(run.model, input_ids, labels, fast=run.fast)
+    loss = nll_sum / count
+    check_loss(run, loss)
+    run.loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    update(run, real=real, count=count, padded=input_ids.numel())
     return float(loss.detach())
 
 
 def _dev_check(run: Run, step: int) -> float:
-    """Dev NLL at ``step`` into the record's history and best; :class:`RunFailed` when it is not
-    finite."""
-    record = run.record
+    """Dev NLL at ``step``, measured and recorded (:func:`record_dev`)."""
     phase, run.phase = run.phase, f"checking dev at step {step}"
     value, _ = run.nll(run.dev)
     run.phase = phase
+    return record_dev(run, step, value)
+
+
+def record_dev(run: Run, step: int, value: float) -> float:
+    """A dev NLL into the record's history and best; :class:`RunFailed` when it is not finite."""
+    record = run.record
     record.dev_history.append([step, value])
     if step == 0:
         record.initial_dev_nll = value
@@ -629,13 +692,28 @@ def _training_summary(run: Run) -> None:
 
 def evaluate(run: Run) -> None:
     """Step 3: restore the best state, score the test split, generate, score the eval sets."""
-    record, config = run.record, run.config
-    _restore(run.params, run.best_state)
+    restore_best(run)
     run.phase = "evaluating the test split"
-    value, tokens = run.nll(run.test)
+    record_test(run, *run.nll(run.test))
+    finish_evaluation(run)
+
+
+def restore_best(run: Run) -> None:
+    _restore(run.params, run.best_state)
+
+
+def record_test(run: Run, value: float, tokens: int) -> None:
+    """The test NLL (nats per target token) into the record; :class:`RunFailed` when it is not
+    finite."""
+    record = run.record
     record.test_nll, record.test_ppl, record.test_tokens = value, perplexity(value), tokens
     if not math.isfinite(value):
         raise RunFailed("non-finite test loss", record.steps)
+
+
+def finish_evaluation(run: Run) -> None:
+    """Greedy generation on the test sample and the extra eval sets, with the best state."""
+    record, config = run.record, run.config
     if config.gen_examples > 0:
         run.phase = "generating"
         began = time.perf_counter()

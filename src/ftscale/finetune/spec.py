@@ -238,6 +238,14 @@ def _extra(info: FieldInfo) -> dict[str, Any]:
 #: Settings left out of a job's key: they change how fast a run goes, never what it computes.
 RUNTIME_FIELDS = frozenset(n for n in TrainConfig.model_fields if setting_scope(n) == "runtime")
 
+#: Settings the members of one pack (:mod:`ftscale.finetune.packing`) must share: one batch shape,
+#: one dev and test pass, one device and precision. Every other setting (D_f, seeds, rate,
+#: schedule, budget, dev-check spacing, patience, generation) is each member's own.
+PACK_SHARED_SETTINGS = frozenset(
+    {"batch_size", "dev_examples", "eval_tokens_per_batch", "device", "bf16", "fast_head"}
+    | {"checkpointing", "eval_examples", "threads"}
+)
+
 #: Defaults of a study's ``[train]`` table where they differ from a single run's: a study runs
 #: many runs, so each checks dev on a fixed sample of 150 pairs and generates for 32 test sources.
 STUDY_DEFAULTS: dict[str, Any] = {"dev_examples": 150, "gen_examples": 32}
@@ -652,6 +660,28 @@ class FinetuneJob:
         if task:
             own["task"] = dataclasses.replace(self.task, **task)
         return dataclasses.replace(self, **own)
+
+    def pack_signature(self, base: str) -> str:
+        """Jobs with one signature can train as one pack: the same ``base`` architecture (the
+        caller names it: a ladder rung), method and options (a LoRA-like method's rank aside),
+        data, task, eval sets and :data:`PACK_SHARED_SETTINGS`."""
+        method = self.method.to_dict()
+        entry = self.method.entry
+        if entry.family == "low-rank" and entry.size_option is not None:
+            method["options"] = {
+                k: v for k, v in method["options"].items() if k != entry.size_option
+            }
+        settings = self.train_config.to_dict()
+        data = {
+            "base": base,
+            "method": method,
+            "sources": [dataclasses.asdict(s) for s in (self.train, self.dev, self.test)],
+            "task": dataclasses.asdict(self.task),
+            "evals": [dataclasses.asdict(e) for e in self.evals],
+            "shots": self.shots,
+            "settings": {k: settings[k] for k in sorted(PACK_SHARED_SETTINGS)},
+        }
+        return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
     def splits(self) -> tuple[list[Pair], list[Pair], list[Pair]]:
         """The job's (train, dev, test) pairs, read from its sources; a one-line error when D_f

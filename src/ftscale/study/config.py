@@ -203,12 +203,15 @@ class AnalysisSection(_Strict):
 
 class RunSection(_Strict):
     """Defaults of ``ftscale study run``: ``executor`` (``local``, ``process``, ``ray``), worker
-    processes (0: automatic), torch threads per run (0: automatic), and the Ray resources of one
-    run (``num_cpus``, ``num_gpus``)."""
+    processes (0: automatic), torch threads per run (0: automatic), runs trained as one pack
+    (``pack``: a number, or ``"auto"``: one on a CPU, several on a GPU; see
+    :func:`ftscale.study.plan.pack_size`), and the Ray resources of one task (``num_cpus``,
+    ``num_gpus``)."""
 
     executor: str = "local"
     workers: Annotated[int, Field(ge=0)] = 0
     threads: Annotated[int, Field(ge=0)] = 0
+    pack: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
     num_cpus: Annotated[float, Field(gt=0)] = 1.0
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
 

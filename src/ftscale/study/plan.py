@@ -305,6 +305,46 @@ def _cost_order(run: PlannedRun):
     return (params, run.examples, run.method, run.method_size or 0, run.subset_seed)
 
 
+# -- packs ---------------------------------------------------------------------------------------
+
+#: Members of a pack when ``pack = "auto"`` on a GPU. On a CPU ``auto`` is 1: there a tiny rung's
+#: step is compute- and memory-bound (GEMMs with thin inner dimensions, the vocabulary's
+#: log-softmax, attention; per-operation overhead is about 15%), so a pack only adds the padding
+#: of its longest member batch: measured 0.76-0.92x of one-run-at-a-time on the quickstart's rungs
+#: (``benchmarks/bench_study.py``). On a GPU a tiny run is bound by kernel launches, which a pack
+#: shares.
+GPU_PACK = 8
+
+
+def pack_size(setting: int | str, device: str) -> int:
+    """Members per pack: ``setting`` when it is a number, else (``"auto"``) 1 on a CPU and
+    :data:`GPU_PACK` on a GPU (``device`` as the study's ``[train]`` names it)."""
+    if isinstance(setting, int):
+        return setting
+    if device.startswith("cuda"):
+        return GPU_PACK
+    if device == "auto":
+        import torch
+
+        return GPU_PACK if torch.cuda.is_available() else 1
+    return 1
+
+
+def pack_runs(runs: list[PlannedRun], size: int) -> list[list[PlannedRun]]:
+    """``runs`` grouped into packs of at most ``size`` runs that can train together (one rung,
+    one :meth:`~ftscale.finetune.spec.FinetuneJob.pack_signature`), in the order of each pack's
+    first run; ``size`` 1 gives one run per pack."""
+    groups: dict[str, list[list[PlannedRun]]] = {}
+    order: list[list[PlannedRun]] = []
+    for run in runs:
+        chunks = groups.setdefault(run.job.pack_signature(run.checkpoint.rung), [])
+        if not chunks or len(chunks[-1]) >= size:
+            chunks.append([])
+            order.append(chunks[-1])
+        chunks[-1].append(run)
+    return order
+
+
 # -- cost ---------------------------------------------------------------------------------------
 
 #: Rough CPU cost model of one run, from ftscale's measurements on a 2-core CPU (one thread):

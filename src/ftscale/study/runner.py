@@ -20,7 +20,7 @@ from pathlib import Path
 from ftscale.errors import Interrupted, UserError
 from ftscale.study.config import Study
 from ftscale.study.executors import ExecutorOptions, make_executor
-from ftscale.study.plan import DATA_FOLDER, Plan, make_plan, materialise_data
+from ftscale.study.plan import DATA_FOLDER, Plan, make_plan, materialise_data, pack_runs, pack_size
 from ftscale.study.store import STORE_FILE, Store
 
 #: File held locked while a study directory is being run (one driver per directory).
@@ -84,9 +84,11 @@ def run_study(
     say: Callable[[str], None] | None = None,
     progress: str = "auto",
     report: bool = True,
+    pack: int | str | None = None,
 ) -> RunSummary:
     """Run ``study`` into ``study_dir`` (see the module docs). ``progress`` is ``"bar"``,
-    ``"lines"``, ``"none"`` or ``"auto"`` (a bar on a terminal)."""
+    ``"lines"``, ``"none"`` or ``"auto"`` (a bar on a terminal); ``pack`` the runs per pack
+    (None: the study file's ``[run] pack``; see :func:`ftscale.study.plan.pack_size`)."""
     start = time.perf_counter()
     config = study.config
     options = options or _config_options(config)
@@ -106,7 +108,8 @@ def run_study(
             f"study {study.name}: {len(plan)} runs planned, {skipped} already in the store, "
             f"{len(todo)} to run on {runner.describe(len(todo))}"
         )
-        outcomes = _execute(store, runner, todo, plan, progress, say)
+        size = pack_size(config.run.pack if pack is None else pack, config.train.device)
+        outcomes = _execute(store, runner, todo, plan, progress=progress, say=say, size=size)
         counts = store.counts()
     summary = RunSummary(
         study_dir=study_dir,
@@ -234,24 +237,35 @@ def _search_groups(groups: dict[str, list], store: Store, runner, say) -> None:
         store.save_lr_search(group, run.method, run.job.model, run.job.revision, search)
 
 
-def _execute(store: Store, runner, todo: list[str], plan: Plan, progress: str, say) -> dict:
-    """Run ``todo`` through the executor, storing each outcome as it arrives."""
+def _execute(store: Store, runner, todo: list[str], plan: Plan, *, progress: str, say, size: int):
+    """Run ``todo`` through the executor in packs of at most ``size`` runs, storing each run's
+    outcome as it arrives (one row per run, so a killed study resumes run by run)."""
     by_key = plan.by_key()
     outcomes: dict[str, str] = {}
     if not todo:
         return outcomes
+    packs = {
+        group[0].key: [r.key for r in group] for group in pack_runs([by_key[k] for k in todo], size)
+    }
 
     def tasks():
-        for key in todo:
-            store.mark_running(key)
-            yield key, "run", store.spec(key)
+        for first, keys in packs.items():
+            for key in keys:
+                store.mark_running(key)
+            if len(keys) == 1:
+                yield first, "run", store.spec(first)
+            else:
+                yield first, "pack", json.dumps([store.spec(k) for k in keys])
 
     bar = _Progress(len(todo), progress, say)
     try:
-        for key, outcome in runner.map(list(tasks()) if runner.name != "local" else _Lazy(tasks())):
-            store.finish(key, outcome)
-            outcomes[key] = outcome["status"]
-            bar.advance(by_key.get(key), outcome)
+        for first, outcome in runner.map(
+            list(tasks()) if runner.name != "local" else _Lazy(tasks())
+        ):
+            for key, result in _per_run(packs[first], outcome):
+                store.finish(key, result)
+                outcomes[key] = result["status"]
+                bar.advance(by_key.get(key), result)
     except KeyboardInterrupt as exc:
         runner.close()
         store.mark_pending([k for k in todo if k not in outcomes])
@@ -264,6 +278,15 @@ def _execute(store: Store, runner, todo: list[str], plan: Plan, progress: str, s
         ) from None
     bar.close()
     return outcomes
+
+
+def _per_run(keys: list[str], outcome: dict) -> list[tuple[str, dict]]:
+    """A task's outcome as one outcome per run: a pack's list, or a lone run's; a pack that
+    died (its worker was killed) fails each of its runs with the worker's error."""
+    results = outcome.get("outcomes")
+    if results is None:
+        results = [outcome] if len(keys) == 1 else [dict(outcome, record=None)] * len(keys)
+    return list(zip(keys, results, strict=True))
 
 
 class _Lazy:

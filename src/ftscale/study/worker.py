@@ -99,10 +99,49 @@ def _where(exc: BaseException) -> str:
     return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
+def pack(specs_json: str, threads: int | None = None) -> dict[str, Any]:
+    """Several jobs (a JSON list of specs) trained as one pack
+    (:func:`ftscale.finetune.packing.run_pack`): ``{"status", "outcomes", "error", "wall_s"}``
+    with ``outcomes`` one per job, in order, as :func:`execute` gives for a job alone. A pack
+    that cannot even start (a bad spec among its jobs) runs its jobs one by one, so each fails
+    or succeeds on its own."""
+    import json
+
+    from ftscale.finetune.packing import run_pack
+    from ftscale.finetune.spec import FinetuneJob
+
+    set_threads(threads)
+    specs = json.loads(specs_json)
+    start = time.perf_counter()
+    try:
+        jobs = [FinetuneJob.from_json(spec) for spec in specs]
+        if threads:
+            jobs = [job.replace(threads=threads) for job in jobs]
+        records = [r.to_dict() for r in run_pack(jobs)]
+    except Exception:  # isolate the failure: each job on its own
+        outcomes = [execute(spec, threads) for spec in specs]
+        return {"status": "ok", "outcomes": outcomes, "error": None, "wall_s": _since(start)}
+    wall = _since(start)
+    outcomes = [
+        {
+            "status": "ok" if record.get("status", "ok") == "ok" else "failed",
+            "record": record,
+            "error": record.get("reason") if record.get("status", "ok") != "ok" else None,
+            "wall_s": wall,
+        }
+        for record in records
+    ]
+    return {"status": "ok", "outcomes": outcomes, "error": None, "wall_s": wall}
+
+
+def _since(start: float) -> float:
+    return round(time.perf_counter() - start, 3)
+
+
 #: Task kinds an executor can be asked to run, by name (picklable across processes and Ray).
-TASKS = {"run": execute, "search": search}
+TASKS = {"run": execute, "search": search, "pack": pack}
 
 
 def perform(kind: str, spec_json: str, threads: int | None) -> dict[str, Any]:
-    """Run a task of ``kind`` (``run`` or ``search``)."""
+    """Run a task of ``kind`` (``run``, ``search`` or ``pack``)."""
     return TASKS[kind](spec_json, threads)
