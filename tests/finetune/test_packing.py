@@ -79,3 +79,33 @@ def test_runs_that_cannot_share_a_pack_run_alone(model_dir, data_files):
     jobs[2] = jobs[2].replace(batch_size=8)  # another batch shape: not one pack
     packed = run_pack(jobs)
     _assert_same_science([run_job(j) for j in jobs], packed)
+
+
+def test_a_pack_takes_the_members_its_memory_budget_holds(model_dir, data_files, monkeypatch):
+    import ftscale.finetune.packing as packing
+
+    sizes = []
+    real_pack = packing.Pack
+
+    def recording_pack(runs):
+        sizes.append(len(runs))
+        return real_pack(runs)
+
+    jobs = _jobs(model_dir, data_files, "fmt", [{}])
+    monkeypatch.setattr(packing, "Pack", recording_pack)
+    # room for two members' weights, gradients and optimizer moments, not three
+    monkeypatch.setattr(packing, "memory_budget", lambda device: 2 * _one_footprint(jobs[0]))
+    packed = run_pack(jobs)
+    assert sizes == [2, 2]
+    _assert_same_science([run_job(j) for j in jobs], packed)
+
+
+def _one_footprint(job) -> int:
+    import copy
+
+    from ftscale.finetune import recipe
+    from ftscale.finetune.packing import footprint
+    from ftscale.models.loading import load_model
+
+    base, tokenizer, name = load_model(job.model)
+    return footprint(recipe.setup(copy.deepcopy(base), tokenizer, name, recipe.job_inputs(job)))

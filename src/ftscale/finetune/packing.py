@@ -423,41 +423,78 @@ def evaluate_pack(pack: Pack) -> None:
 
 
 def run_pack(jobs: Sequence[FinetuneJob], progress: Any = None) -> list[RunRecord]:
-    """Run ``jobs`` as one pack and return their records, in order (each with ``key`` and
-    ``job``, as :func:`ftscale.finetune.recipe.run_job` gives). Jobs that cannot share a pack
-    (see :func:`pack_problem`), a pack of one, and ``learning_rate = "auto"`` run alone."""
+    """Run ``jobs`` as packs and return their records, in order (each with ``key`` and ``job``,
+    as :func:`ftscale.finetune.recipe.run_job` gives). A pack takes members while their measured
+    footprint fits :func:`memory_budget`; the jobs left over form the next pack. Jobs that cannot
+    share a pack (see :func:`pack_problem`), a pack of one, ``learning_rate = "auto"`` and a pack
+    that runs out of memory after all run one at a time."""
     jobs = list(jobs)
-    if len(jobs) == 1 or any(j.train_config.learning_rate == "auto" for j in jobs):
+    if len(jobs) <= 1 or any(j.train_config.learning_rate == "auto" for j in jobs):
         return [recipe.run_job(j, progress) for j in jobs]
     started = time.perf_counter()
-    inputs = [recipe.job_inputs(j) for j in jobs]
     resolve_device(jobs[0].train_config.device)
     with recipe._run_context(jobs[0].train_config):
-        runs = _set_up(jobs, inputs)
-        problem = pack_problem(runs)
-        if problem is not None:
-            del runs
-            return [recipe.run_job(j, progress) for j in jobs]
-        pack = Pack(runs)
-        try:
-            train_pack(pack, progress)
-            evaluate_pack(pack)
-        except torch.OutOfMemoryError:
-            for run in pack.runs:
-                if run.record.status == "ok":
-                    _fail(run, "out of memory in a pack", run.record.steps)
-        finally:
-            if progress is not None:
-                progress.close()
+        runs = _set_up(jobs)
+        taken = len(runs)
+        records = _train_and_test(runs, jobs[:taken], started, progress)
+    return records + run_pack(jobs[taken:], progress)
+
+
+def _train_and_test(runs: list[Run], jobs: list[FinetuneJob], started: float, progress):
+    """The pack's records; one run at a time when they cannot share a pack or run out of
+    memory together."""
+    if len(runs) == 1 or pack_problem(runs) is not None:
+        runs.clear()
+        return [recipe.run_job(j, progress) for j in jobs]
+    pack = Pack(runs)
+    try:
+        train_pack(pack, progress)
+        evaluate_pack(pack)
+    except torch.OutOfMemoryError:
+        del pack
+        runs.clear()
+        return [recipe.run_job(j, progress) for j in jobs]
+    finally:
+        if progress is not None:
+            progress.close()
     return [_finish(run, job, started) for run, job in zip(runs, jobs, strict=True)]
 
 
-def _set_up(jobs: list[FinetuneJob], inputs: list) -> list[Run]:
-    """Each job set up as it would be alone, on its own copy of its base model (each base loaded
-    once)."""
+def memory_budget(device: torch.device) -> int:
+    """Bytes a pack may take: half the GPU's free memory, or half the memory the OS reports as
+    available (``MemAvailable``); no limit where neither can be read."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return 1 << 62
+
+
+def footprint(run: Run) -> int:
+    """Bytes one member holds beyond the activations: its model's tensors, and for each
+    trainable tensor its gradient, two optimizer moments and its best state."""
+    weights = sum(p.numel() * p.element_size() for p in run.model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in run.params)
+    return weights + 4 * trainable
+
+
+def _set_up(jobs: list[FinetuneJob]) -> list[Run]:
+    """Jobs set up as they would be alone, each on its own copy of its base model (each base
+    loaded once), while the members' footprint fits the memory budget (at least one)."""
     loaded: dict[tuple, tuple] = {}
-    runs = []
-    for job, run_inputs in zip(jobs, inputs, strict=True):
+    runs: list[Run] = []
+    budget = memory_budget(resolve_device(jobs[0].train_config.device))
+    used = 0
+    for job in jobs:
+        if runs and used + footprint(runs[0]) > budget:
+            break
+        run_inputs = recipe.job_inputs(job)
         where = (job.model, job.revision, job.gguf_file)
         if where not in loaded:
             loaded[where] = load_model(
@@ -466,6 +503,7 @@ def _set_up(jobs: list[FinetuneJob], inputs: list) -> list[Run]:
         base, tokenizer, name = loaded[where]
         torch.manual_seed(run_inputs.config.seed)
         runs.append(recipe.setup(copy.deepcopy(base), tokenizer, name, run_inputs))
+        used += footprint(runs[-1])
     return runs
 
 
@@ -479,4 +517,4 @@ def _finish(run: Run, job: FinetuneJob, started: float) -> RunRecord:
     return record
 
 
-__all__ = ["Pack", "evaluate_pack", "pack_problem", "run_pack", "train_pack"]
+__all__ = ["Pack", "evaluate_pack", "footprint", "memory_budget", "pack_problem", "run_pack"]
