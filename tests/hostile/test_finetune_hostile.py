@@ -89,6 +89,12 @@ CASES = [
     ("gen batch zero", base("--gen-batch-size", "0"), r"'--gen-batch-size'"),
     ("eval tokens zero", base("--eval-tokens-per-batch", "0"), r"'--eval-tokens-per-batch'"),
     ("bf16 with a value", base("--bf16", "yes"), r"--bf16|unexpected extra argument"),
+    ("unknown schedule", base("--schedule", "linear"), r"--schedule: .*'cosine' or 'wsd'"),
+    ("decay fraction zero", base("--decay-fraction", "0"), r"--decay-fraction: .*greater than 0"),
+    ("decay fraction above one", base("--decay-fraction", "2"), r"--decay-fraction"),
+    ("dev spacing zero", base("--dev-every-examples", "0"), r"'--dev-every-examples'"),
+    ("min improvement one", base("--min-improvement", "1"), r"--min-improvement: .*less than 1"),
+    ("min improvement negative", base("--min-improvement", "-0.1"), r"--min-improvement"),
     ("checkpointing unknown spelling", base("--checkpoint"), r"No such option"),
     # task and scoring settings
     ("malformed template", base("--template", "{src ="), r"template '\{src =': not a format"),

@@ -69,7 +69,7 @@ from ftscale.finetune.tasks import (
     special_ids,
 )
 from ftscale.models.loading import load_model, resolve_device
-from ftscale.schedules import warmup_cosine
+from ftscale.schedules import warmup_cosine, warmup_stable_decay
 from ftscale.sizes import context_length
 
 #: Base models this large (parameters) train with activation checkpointing unless told otherwise:
@@ -522,6 +522,8 @@ def _execute(run: Run, progress: Any) -> None:
 def _fail(run: Run, reason: str, step: int) -> None:
     record = run.record
     record.status, record.reason, record.failed_step = "failed", reason, step
+    record.stop_reason = "diverged" if reason.startswith("non-finite") else "failed"
+    record.converged = False
     _training_summary(run)
     record.improved = record.undertrained = None
 
@@ -545,14 +547,19 @@ def train(run: Run, progress: Any) -> None:
 @dataclass
 class Loop:
     """The state of one run's training loop: its optimizer, batch order (seeded by the run's
-    seed), dev-check spacing (steps), best dev NLL so far and checks without improvement."""
+    seed), dev-check spacing (steps), best dev NLL so far, the reference a check must beat to
+    count as a gain and the checks without one, the decay of a ``wsd`` schedule once started
+    (``(first step, steps)``) and why the loop stopped."""
 
     optimizer: Any
     rng: np.random.Generator
     every: int
     best: float
+    reference: float
     batches: list[list[int]] = dataclasses.field(default_factory=list)
     stale: int = 0
+    decay: tuple[int, int] | None = None
+    stop_reason: str | None = None
     began: float = 0.0
     eval_before: float = 0.0
 
@@ -561,13 +568,23 @@ def start_loop(run: Run, initial_dev: float, progress: Any = None) -> None:
     """Keep the state before training as the best, make the optimizer, start the clock."""
     config, record = run.config, run.record
     _keep_best(run)
-    every = config.eval_every or max(1, math.ceil(record.max_steps / config.evals))
     optimizer = _make_optimizer(config, run.params, record.learning_rate)
-    run.loop = Loop(optimizer, np.random.default_rng(config.seed), every, initial_dev)
+    every = dev_spacing(config, record.max_steps, len(run.train))
+    run.loop = Loop(optimizer, np.random.default_rng(config.seed), every, initial_dev, initial_dev)
     if progress is not None:
         progress.start(record.max_steps, f"{run.inputs.method.name} lr {record.learning_rate:g}")
     run.model.train()
     run.loop.began, run.loop.eval_before = time.perf_counter(), run.eval_time
+
+
+def dev_spacing(config: TrainConfig, budget: int, examples: int) -> int:
+    """Steps between dev checks: ``eval_every``; else ``dev_every_examples`` examples (at
+    least one check an epoch of ``examples``); else about ``evals`` checks over ``budget``."""
+    if config.eval_every is not None:
+        return config.eval_every
+    if config.dev_every_examples is not None:
+        return max(1, math.ceil(min(config.dev_every_examples, examples) / config.batch_size))
+    return max(1, math.ceil(budget / config.evals))
 
 
 def next_batch(run: Run) -> list[int]:
@@ -582,9 +599,11 @@ def set_rate(run: Run) -> None:
     """The schedule's rate for the coming step into the run's optimizer."""
     config, record = run.config, run.record
     warmup = math.ceil(config.warmup_fraction * record.max_steps)
-    rate = warmup_cosine(
-        record.steps, record.max_steps, record.learning_rate, warmup, config.final_lr_fraction
-    )
+    peak, floor = record.learning_rate, config.final_lr_fraction
+    if config.schedule == "wsd":
+        rate = warmup_stable_decay(record.steps, peak, warmup, run.loop.decay, floor)
+    else:
+        rate = warmup_cosine(record.steps, record.max_steps, peak, warmup, floor)
     for group in run.loop.optimizer.param_groups:
         group["lr"] = rate
 
@@ -611,33 +630,54 @@ def update(run: Run, *, real: int, count: int, padded: int) -> None:
 
 
 def dev_due(run: Run) -> bool:
-    """Whether a dev check follows the step just taken (every ``every`` steps and at the end)."""
-    steps = run.record.steps
-    return steps % run.loop.every == 0 or steps == run.record.max_steps
+    """Whether a dev check follows the step just taken: every ``every`` steps, at the end of
+    the budget and at the end of a ``wsd`` decay."""
+    steps, loop = run.record.steps, run.loop
+    at_decay_end = loop.decay is not None and steps == sum(loop.decay)
+    return steps % loop.every == 0 or steps == run.record.max_steps or at_decay_end
 
 
 def after_dev(run: Run, value: float, progress: Any = None) -> bool:
-    """Keep the state if ``value`` (the dev NLL just recorded) is the best; whether the run stops
-    early (``patience`` checks without improvement)."""
-    loop, record = run.loop, run.record
+    """After a dev check (``value``, already recorded): keep the state when it is the best, count
+    checks without a gain, and decide whether the run stops: at ``patience`` checks without a
+    gain a ``cosine`` run stops and a ``wsd`` run starts its decay; a ``wsd`` run stops when
+    its decay ends."""
+    loop, record, config = run.loop, run.record, run.config
     if progress is not None:
         progress.dev(record.steps, value, min(loop.best, value))
     if value < loop.best:
-        loop.best, loop.stale = value, 0
+        loop.best = value
         _keep_best(run)
+    if value < loop.reference * (1.0 - config.min_improvement):
+        loop.reference, loop.stale = value, 0
+    else:
+        loop.stale += 1
+    if loop.decay is not None:
+        return _stop(run, "plateau") if record.steps >= sum(loop.decay) else False
+    if config.patience is None or loop.stale < config.patience:
         return False
-    loop.stale += 1
-    patience = run.config.patience
-    if patience is not None and loop.stale >= patience:
-        record.stopped_early = record.steps < record.max_steps
-        return True
+    if config.schedule == "cosine":
+        return _stop(run, "plateau")
+    steps = min(math.ceil(config.decay_fraction * record.steps), record.max_steps - record.steps)
+    if steps < 1:
+        return _stop(run, "plateau")
+    loop.decay = (record.steps, steps)
     return False
 
 
+def _stop(run: Run, reason: str) -> bool:
+    run.loop.stop_reason = reason
+    run.record.stopped_early = run.record.steps < run.record.max_steps
+    return True
+
+
 def end_loop(run: Run) -> None:
-    """Training time (dev checks excluded) and the counts that follow from the steps."""
-    loop = run.loop
-    run.record.train_s = time.perf_counter() - loop.began - (run.eval_time - loop.eval_before)
+    """Training time (dev checks excluded), why the loop stopped (``cap``: it used its whole
+    budget), and the counts that follow from the steps."""
+    loop, record = run.loop, run.record
+    record.train_s = time.perf_counter() - loop.began - (run.eval_time - loop.eval_before)
+    record.stop_reason = loop.stop_reason or "cap"
+    record.converged = record.stop_reason == "plateau"
     _training_summary(run)
 
 
@@ -687,7 +727,8 @@ def _training_summary(run: Run) -> None:
         record.padding_fraction = 1.0 - record.tokens_seen / run.padded_tokens
     if record.best_step is not None:
         record.improved = record.best_step > 0
-        record.undertrained = record.best_step > 0 and record.best_step == record.steps
+        at_end = record.best_step > 0 and record.best_step == record.steps
+        record.undertrained = at_end and record.stop_reason != "plateau"
 
 
 def evaluate(run: Run) -> None:

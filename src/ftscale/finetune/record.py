@@ -25,9 +25,13 @@ class RunRecord:
     ``[[step, dev_nll], ...]``, step 0 being the model before training. ``peak_mem_mb`` is the
     GPU's peak allocation on a GPU, the process's peak resident memory on CPU.
 
-    ``improved`` says whether any dev check beat the model before training (``best_step > 0``),
-    ``undertrained`` whether the best check was the last step (the dev loss was still falling);
-    both ``None`` for a failed run. ``truncated_context`` counts examples cut to the model's
+    ``stop_reason`` says why training stopped: ``plateau`` (the dev loss stopped gaining:
+    patience ran out, and for a ``wsd`` schedule the decay that followed ended), ``cap`` (the
+    whole step budget was used), ``diverged`` (a NaN/inf loss) or ``failed`` (out of memory);
+    ``converged`` is ``stop_reason == "plateau"``. ``improved`` says whether any dev check beat the
+    model before training (``best_step > 0``), ``undertrained`` whether the best check was the
+    last step of a run that did not converge (the dev loss was still falling); both ``None`` for a
+    failed run. ``truncated_context`` counts examples cut to the model's
     ``context_length`` (tokens). ``evals`` holds the extra eval sets: ``{name: {"shots": K,
     "base": {...}, "finetuned": {...}}}`` with ``examples``, ``tokens``, ``nll``, ``ppl``,
     ``truncated_context`` and, when generation is on, ``gen_bleu``, ``gen_chrf``, ``gen_rouge_l``.
@@ -60,6 +64,8 @@ class RunRecord:
     initial_dev_nll: float | None = None
     dev_history: list[list[float]] = field(default_factory=list)
     stopped_early: bool = False
+    stop_reason: str | None = None
+    converged: bool | None = None
     improved: bool | None = None
     undertrained: bool | None = None
     test_nll: float | None = None

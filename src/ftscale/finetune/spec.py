@@ -109,8 +109,14 @@ class TrainConfig(BaseModel):
     """How one run trains and evaluates (see each field's help; units in brackets).
 
     Budget: ``max_steps`` optimizer steps if given, else ``max(min_steps, ceil(epochs * D_f /
-    batch_size))``. Schedule: linear warmup over ``warmup_fraction`` of the steps, then cosine
-    decay to ``final_lr_fraction`` of the peak (:func:`ftscale.schedules.warmup_cosine`).
+    batch_size))``; with ``schedule = "wsd"`` that budget is only a cap (a safety net).
+    Schedules: ``cosine``, linear warmup over ``warmup_fraction`` of the budget, then cosine decay
+    to ``final_lr_fraction`` of the peak (:func:`ftscale.schedules.warmup_cosine`); ``wsd``, the
+    same warmup, then the peak rate until the dev loss plateaus (``patience`` checks without a
+    relative gain of ``min_improvement``), then a linear decay over ``decay_fraction`` of the
+    steps so far (:func:`ftscale.schedules.warmup_stable_decay`), after which the run stops: it
+    needs no length in advance, and the record says ``stop_reason = "plateau"`` and
+    ``converged = true``.
     ``learning_rate``: ``None`` is the method's default, ``"auto"`` a short search on dev
     (:func:`ftscale.finetune.recipe.search_learning_rate`). Dev checks every ``eval_every`` steps
     (``None``: about ``evals`` per run) and at the end; early stop after ``patience`` checks
@@ -147,10 +153,27 @@ class TrainConfig(BaseModel):
         0.1, "The cosine decay ends at this share of the peak rate."
     )
     max_grad_norm: Positive | None = setting(1.0, "Gradient clipping norm (none: no clipping).")
+    schedule: Literal["cosine", "wsd"] = setting(
+        "cosine",
+        "cosine: warmup, then cosine decay over the budget; wsd: warmup, the peak rate until dev "
+        "plateaus, then a decay (the run stops when it ends).",
+    )
+    decay_fraction: Annotated[float, Field(gt=0, le=1)] = setting(
+        0.2, "wsd: the decay lasts this share of the steps taken before it."
+    )
     eval_every: Count | None = setting(None, "Steps between dev checks (default: about --evals).")
-    evals: Count = setting(10, "Dev checks per run when --eval-every is not given.")
+    dev_every_examples: Count | None = setting(
+        None,
+        "Dev checks every N training examples seen, at least once an epoch (when --eval-every "
+        "is not given; default: about --evals checks per run).",
+    )
+    evals: Count = setting(10, "Dev checks per run when neither spacing is given.")
     patience: Annotated[Index | None, BeforeValidator(_off_when_zero)] = setting(
-        3, "Dev checks without gain before stopping; 0 never stops early."
+        3,
+        "Dev checks without gain before stopping (cosine) or decaying (wsd); 0 never stops.",
+    )
+    min_improvement: Annotated[float, Field(ge=0, lt=1)] = setting(
+        0.0, "A dev check gains when it is below the best by more than this share."
     )
     dev_examples: Count | None = setting(None, "Dev pairs per check (a fixed sample; default all).")
     gen_examples: Index = setting(64, "Test sources to generate for (greedy); 0 none.")
@@ -237,6 +260,16 @@ def _extra(info: FieldInfo) -> dict[str, Any]:
 
 #: Settings left out of a job's key: they change how fast a run goes, never what it computes.
 RUNTIME_FIELDS = frozenset(n for n in TrainConfig.model_fields if setting_scope(n) == "runtime")
+
+#: Settings added after the spec's first format, with the value every earlier job had: a job
+#: whose setting still has it leaves it out of its key, so the keys of earlier jobs (and the
+#: studies that store them) stay what they were.
+LATER_SETTINGS: dict[str, Any] = {
+    "schedule": "cosine",
+    "decay_fraction": 0.2,
+    "dev_every_examples": None,
+    "min_improvement": 0.0,
+}
 
 #: Settings the members of one pack (:mod:`ftscale.finetune.packing`) must share: one batch shape,
 #: one dev and test pass, one device and precision. Every other setting (D_f, seeds, rate,
@@ -641,7 +674,9 @@ class FinetuneJob:
         if not self.evals:  # settings that change nothing without eval sets stay out of the key
             del data["evals"], data["shots"], data["train_config"]["eval_examples"]
         data["train_config"] = {
-            k: v for k, v in data["train_config"].items() if k not in RUNTIME_FIELDS
+            k: v
+            for k, v in data["train_config"].items()
+            if k not in RUNTIME_FIELDS and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])
         }
         canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]

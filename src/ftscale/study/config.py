@@ -80,31 +80,47 @@ class EvalSection(_Strict):
     target_column: str = "target"
 
 
-class ModelSizeSweep(_Strict):
+Seeds = list[Annotated[int, Field(ge=0)]]
+
+
+class _Sweep(_Strict):
+    """What every sweep has: ``enabled``, and ``subset_seeds`` (the random D_f subsets each
+    point averages; omitted: ``[examples] subset_seeds``), so one sweep can measure the
+    run-to-run noise with more seeds than the others."""
+
+    enabled: bool = True
+    subset_seeds: Seeds | None = None
+
+    @field_validator("subset_seeds")
+    @classmethod
+    def _distinct_seeds(cls, values):
+        if values is not None and (not values or len(set(values)) != len(values)):
+            raise ValueError(f"must be distinct seeds, at least one, got {values}")
+        return values
+
+
+class ModelSizeSweep(_Sweep):
     """Model size: every rung at its final checkpoint. ``holdout``: ``"max"`` (the largest rung,
     as the study), ``"none"`` or a list of rung names."""
 
-    enabled: bool = True
     methods: list[str] | None = None
     holdout: Literal["max", "none"] | list[str] = "max"
 
 
-class PretrainingSweep(_Strict):
+class PretrainingSweep(_Sweep):
     """Pretraining data: every checkpoint of one rung (default: the first, smallest, rung).
     ``holdout``: ``"middle"`` (a middle checkpoint, as the study; none with fewer than three),
-    ``"none"`` or a list of token counts."""
+    ``"max"`` (the last checkpoint), ``"none"`` or a list of token counts."""
 
-    enabled: bool = True
     rung: str | None = None
     methods: list[str] | None = None
-    holdout: Literal["middle", "none"] | list[PositiveInt] = "middle"
+    holdout: Literal["middle", "max", "none"] | list[PositiveInt] = "middle"
 
 
-class PetSizeSweep(_Strict):
+class PetSizeSweep(_Sweep):
     """PET size on the smallest rung's final checkpoint: ``sizes`` maps a method to its sizes
     (prompt length for ``prompt``, rank for ``lora``). ``holdout``: ``"max"`` or ``"none"``."""
 
-    enabled: bool = True
     sizes: dict[str, list[PositiveInt]] = Field(default_factory=dict)
     holdout: Literal["max", "none"] = "max"
 

@@ -280,7 +280,8 @@ def _add_runs(planned: dict[str, PlannedRun], cell: _Cell, config, shared: dict)
 
     method_config = make_method(cell.method, **cell.options)
     for examples in config.examples.for_method(cell.method):
-        for subset_seed in config.examples.subset_seeds:
+        sweep_seeds = getattr(config.sweeps, cell.sweep).subset_seeds
+        for subset_seed in sweep_seeds or config.examples.subset_seeds:
             settings = config.train.settings_for(
                 cell.method,
                 examples=examples,
@@ -348,11 +349,30 @@ def pack_runs(runs: list[PlannedRun], size: int) -> list[list[PlannedRun]]:
 # -- cost ---------------------------------------------------------------------------------------
 
 #: Rough CPU cost model of one run, from ftscale's measurements on a 2-core CPU (one thread):
-#: a fixed per-run cost (load, dev checks, test) plus per-step time growing with the model.
+#: a fixed per-run cost (load, test, generation) plus per-step time growing with the model; a
+#: step's fixed part holds the vocabulary head, its log-softmax and the dev checks' share
+#: (measured: width 32 at 20 ms a step of 16 examples, width 64 at 36 ms, with the fast head).
 RUN_OVERHEAD_S = 1.5
-STEP_BASE_S = 0.015
-#: Effective FLOP/s of one CPU thread on small models (forward + backward = 6 FLOP/param/token).
-CPU_FLOPS = 4e9
+STEP_BASE_S = 0.014
+#: Effective FLOP/s of one CPU thread on small models (forward + backward = 6 FLOP/param/token):
+#: about 30 GFLOP/s measured on the quickstart's rungs (a sixth of the FP32 matmul peak).
+CPU_FLOPS = 3e10
+
+
+#: Epochs a ``wsd`` run trains before its plateau and decay end, for the estimate: the quickstart's
+#: runs took 2-9 epochs (measured; more for small D_f, fewer for PET methods on large D_f).
+WSD_EPOCHS = 8
+
+
+def estimate_steps(run: PlannedRun) -> int:
+    """Rough optimizer steps of a run: its budget, or for a ``wsd`` run (whose budget is a cap)
+    :data:`WSD_EPOCHS` epochs within the cap."""
+    config = run.job.train_config
+    cap = config.total_steps(run.examples)
+    if config.schedule != "wsd":
+        return cap
+    epoch = math.ceil(run.examples / config.batch_size)
+    return min(cap, max(config.min_steps, WSD_EPOCHS * epoch))
 
 
 def estimate_seconds(run: PlannedRun) -> float | None:
@@ -361,10 +381,9 @@ def estimate_seconds(run: PlannedRun) -> float | None:
     if params is None:
         return None
     config = run.job.train_config
-    steps = config.total_steps(run.examples)
     tokens = config.batch_size * 80  # ~80 tokens per example (source + target) in the corpus
     per_step = STEP_BASE_S + 6 * params * tokens / CPU_FLOPS
-    return RUN_OVERHEAD_S + steps * per_step
+    return RUN_OVERHEAD_S + estimate_steps(run) * per_step
 
 
 def estimate_total(plan: Plan, workers: int) -> float | None:
