@@ -54,6 +54,16 @@ FILES = [
     ("unknown form", study('[analysis]\nforms = ["cubic"]\n'), r"unknown law form 'cubic'"),
     ("one-variable form", study('[analysis]\nforms = ["power"]\n'), r"not a law of \(X, D_f\)"),
     ("negative bootstrap", study("[analysis]\nbootstrap = -1\n"), r"analysis.bootstrap"),
+    (
+        "resample word",
+        study('[analysis]\nresample = "jackknife"\n'),
+        r"analysis.resample.*'jackknife'",
+    ),
+    (
+        "converged_only word",
+        study('[analysis]\nconverged_only = "maybe"\n'),
+        r"analysis.converged_only",
+    ),
     ("pretraining rung", study('[sweeps.pretraining]\nrung = "zz"\n'), r"no rung 'zz'"),
     (
         "pet size of fmt",

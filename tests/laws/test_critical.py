@@ -63,3 +63,11 @@ def test_two_variable_law_needs_x():
         crossings(a, a)
     with pytest.raises(UserError, match="0 < low < high"):
         crossings(a, a, 1e9, d_range=(10.0, 1.0))
+
+
+def test_closed_form_with_nearly_equal_betas_is_refused_not_overflowed():
+    # 1/(beta1 - beta2) = 1e9: (A1/A2)^1e9 is far beyond float range.
+    a = law("multiplicative", A=1e3, alpha=0.3, E=0.7, beta=0.2 + 1e-9)
+    b = law("multiplicative", A=1e2, alpha=0.2, E=0.7, beta=0.2)
+    with pytest.raises(UserError, match="out of float range"):
+        closed_form(a, b)

@@ -108,14 +108,27 @@ def test_settings_refuse_bad_values_in_one_line():
         TrainConfig(examples=True)
 
 
-def _beta_finding(betas: dict[str, float]) -> dict:
+def _beta_finding(betas: dict[str, float], spread: float = 0.01) -> dict:
+    """Finding 4 on model-size fits with these betas, each with 100 replicates spread
+    uniformly over beta +- spread."""
+    import numpy as np
+
     from ftscale.study.analysis import FINDINGS, _FindingInputs
 
     fits = {
         (m, "model_size"): {"method": m, "sweep": "model_size", "params": {"beta": b}}
         for m, b in betas.items()
     }
-    return FINDINGS[4](_FindingInputs(list(fits.values()), [], list(betas), fits))
+    draws = np.linspace(-spread, spread, 100)
+    samples = {  # every other method's replicates in reverse, so that differences spread too
+        (m, "model_size", "multiplicative"): {
+            "params": {"beta": b + draws[:: (-1) ** i]},
+            "not_identified": {},
+        }
+        for i, (m, b) in enumerate(betas.items())
+    }
+    inputs = _FindingInputs(list(fits.values()), [], list(betas), fits, samples, level=0.9)
+    return FINDINGS[4](inputs)
 
 
 @pytest.mark.parametrize(
@@ -125,11 +138,53 @@ def _beta_finding(betas: dict[str, float]) -> dict:
         ({"fmt": 0.3, "dora": 0.2, "p_tuning": 0.1}, "reproduced"),  # by family, not by name
         ({"fmt": 0.1, "dora": 0.2}, "not reproduced"),
         ({"dora": 0.1, "prompt": 0.2}, "not reproduced"),
+        ({"fmt": 0.205, "lora": 0.2}, "inconclusive"),  # the intervals overlap
         ({"ia3": 0.1}, "not testable"),
     ],
 )
 def test_the_beta_finding_compares_method_families(betas, status):
-    assert _beta_finding(betas)["status"] == status
+    finding = _beta_finding(betas)
+    assert finding["status"] == status
+    for comparison in finding["comparisons"]:  # the deciding interval is shown with the verdict
+        low, high = comparison["interval"]
+        assert f"[{low:.3g}, {high:.3g}]" in finding["detail"]
+
+
+def test_a_finding_on_a_parameter_that_is_not_identified_is_inconclusive():
+    from ftscale.study.analysis import FINDINGS, _FindingInputs
+
+    fits = {
+        (m, "model_size"): {"params": {"beta": b}} for m, b in {"fmt": 0.3, "lora": 0.1}.items()
+    }
+    samples = {
+        ("fmt", "model_size", "multiplicative"): {
+            "params": {"beta": [0.3, 0.31, 0.29]},
+            "not_identified": {"beta": "moves with alpha in the refits (corr +0.999)"},
+        },
+        ("lora", "model_size", "multiplicative"): {"params": {"beta": [0.1, 0.11, 0.09]}},
+    }
+    finding = FINDINGS[4](_FindingInputs(list(fits.values()), [], ["fmt", "lora"], fits, samples))
+    assert finding["status"] == "inconclusive"
+    assert finding["comparisons"][0]["interval"] is None and "corr" in finding["detail"]
+
+
+@pytest.mark.parametrize(
+    ("interval", "bounds", "verdict"),
+    [
+        ((0.1, 0.2), (0.0, None), "reproduced"),
+        ((-0.2, -0.1), (0.0, None), "not reproduced"),
+        ((-0.1, 0.1), (0.0, None), "inconclusive"),
+        ((-0.005, 0.005), (-0.01, 0.01), "reproduced"),
+        ((0.02, 0.03), (-0.01, 0.01), "not reproduced"),
+        ((0.005, 0.03), (-0.01, 0.01), "inconclusive"),
+        (None, (0.0, None), "inconclusive"),
+        ((float("nan"), 1.0), (0.0, None), "inconclusive"),
+    ],
+)
+def test_verdicts_follow_the_deciding_interval(interval, bounds, verdict):
+    from ftscale.study.analysis import decide
+
+    assert decide(interval, *bounds) == verdict
 
 
 def test_runs_are_packed_with_runs_that_can_train_with_them(tmp_path):

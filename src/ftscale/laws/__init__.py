@@ -27,12 +27,13 @@ from ftscale.laws.holdout import HoldoutRule, holdout_mask, mean_abs_deviation
 from ftscale.laws.results import (
     FitResult,
     Fits,
+    attach_bootstrap,
     bootstrap_from_record,
     bootstrap_results,
     law_from_record,
 )
 from ftscale.laws.selection import Selection, select_form
-from ftscale.laws.uncertainty import Bootstrap, bootstrap, bootstrap_many
+from ftscale.laws.uncertainty import Bootstrap, bootstrap, bootstrap_joint, bootstrap_many
 from ftscale.laws.userforms import resolve_form
 
 __all__ = [
@@ -46,9 +47,11 @@ __all__ = [
     "LawForm",
     "ScalingLaw",
     "Selection",
+    "attach_bootstrap",
     "available_forms",
     "bootstrap",
     "bootstrap_from_record",
+    "bootstrap_joint",
     "bootstrap_many",
     "bootstrap_results",
     "closed_form",

@@ -23,7 +23,7 @@ from ftscale.laws.forms import LawForm
 from ftscale.laws.holdout import HoldoutRule, holdout_mask
 from ftscale.laws.results import FitResult, Fits, bootstrap_results, fit_residuals, json_float
 from ftscale.laws.selection import Selection, select_form
-from ftscale.laws.uncertainty import LEVEL, check_replicates, crossing_interval
+from ftscale.laws.uncertainty import LEVEL, check_replicates, crossing_samples, percentile_interval
 from ftscale.laws.userforms import resolve_form
 
 #: Column grouped by when no ``--group`` is given and the table has it (both commands).
@@ -305,6 +305,8 @@ class CriticalPoint:
         observed: the D_f range both groups' runs cover; observed_x: their common X range.
         leader: the group with the lower predicted loss at this X and the smallest D_f both
             groups ran (None without runs or where a law gives no finite loss there).
+        crossing_share: share of bootstrap replicate pairs whose laws cross in the D_f range
+            (None without a bootstrap): whether a crossing exists at all is uncertain too.
     """
 
     first: str
@@ -317,6 +319,7 @@ class CriticalPoint:
     observed_x: tuple[float, float] | None = None
     closed_form_note: str = ""
     leader: str | None = None
+    crossing_share: float | None = None
 
     @property
     def x_extrapolated(self) -> bool:
@@ -350,6 +353,7 @@ class CriticalPoint:
             "closed_form_note": self.closed_form_note or None,
             "observed": None if self.observed is None else list(self.observed),
             "leader": self.leader,
+            "crossing_share": self.crossing_share,
         }
 
 
@@ -435,13 +439,19 @@ def _pair_points(
     }
     out = []
     for x in xs:
-        interval = None
+        interval = share = None
         if r1.bootstrap is not None and r2.bootstrap is not None:
-            interval = crossing_interval(r1.bootstrap, r2.bootstrap, x, d_range, level)
+            samples = crossing_samples(r1.bootstrap, r2.bootstrap, x, d_range)
+            interval = percentile_interval(samples, level)
+            share = float(np.isfinite(samples).mean()) if samples.size else None
         with np.errstate(all="ignore"):
             found = crossings(r1.law, r2.law, x, d_range)
         leader = _leader(r1, r2, x, observed)
-        out.append(CriticalPoint(x=x, crossings=found, interval=interval, leader=leader, **pair))
+        out.append(
+            CriticalPoint(
+                x=x, crossings=found, interval=interval, leader=leader, crossing_share=share, **pair
+            )
+        )
     return out
 
 

@@ -12,6 +12,7 @@ power law in X (the study's Eq. 3):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +23,8 @@ from ftscale.laws.fit import ScalingLaw
 
 #: Default D_f range searched for crossings, in examples.
 D_RANGE = (1.0, 1e12)
+#: Largest |log| of a float64 (about 709.8).
+LOG_FLOAT_MAX = math.log(np.finfo(float).max)
 
 
 def loss_at(law: ScalingLaw, x: float | None, d: np.ndarray) -> np.ndarray:
@@ -89,9 +92,15 @@ def closed_form(
     dbeta = p1["beta"] - p2["beta"]
     if dbeta == 0:
         raise UserError("the closed form needs different betas")
-    h = (p1["A"] / p2["A"]) ** (1.0 / dbeta)
+    # In logs: with nearly equal betas 1/dbeta is huge and (A1/A2)^(1/dbeta) leaves float range.
+    log_h = (math.log(p1["A"]) - math.log(p2["A"])) / dbeta
+    if not abs(log_h) < LOG_FLOAT_MAX:
+        raise UserError(
+            f"the closed form's H is out of float range (log H = {log_h:.3g}): the betas are "
+            f"nearly equal ({p1['beta']:.6g} vs {p2['beta']:.6g})"
+        )
     gamma = (p2["alpha"] - p1["alpha"]) / dbeta
-    return float(h), float(gamma)
+    return math.exp(log_h), float(gamma)
 
 
 def critical_curve(

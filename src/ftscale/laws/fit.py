@@ -546,14 +546,15 @@ class JointScalingLaw:
         self.delta = delta
         self.n_refine = n_refine
 
-    def fit(self, groups: Mapping[str, tuple]) -> JointScalingLaw:
-        """Fit ``{group: (X, y)}`` jointly, then refit each group with the shared values fixed."""
+    def objective(self, groups: Mapping[str, tuple]) -> HuberObjective:
+        """The joint Huber objective on ``{group: (X, y)}``, after validating the runs. Its full
+        vector holds the shared parameters first, then each group's own parameters in turn;
+        ``objective.blocks[g].index`` maps group g's form parameters into it."""
         form = get_form(self.form)
         if len(groups) < 2:
             raise UserError(f"a joint fit needs at least two groups, got {len(groups)}")
         shared = [form.params.index(form.search_name(s)) for s in self.shared]
         own = [j for j in range(len(form.params)) if j not in shared]
-        # Full vector: shared parameters first, then each group's own parameters in turn.
         blocks = []
         for g, (X, y) in enumerate(groups.values()):
             sizes, losses = check_runs(form, X, y, n_free=len(own))
@@ -562,13 +563,29 @@ class JointScalingLaw:
             index[own] = len(shared) + g * len(own) + np.arange(len(own))
             blocks.append(Block(form, sizes, losses, index))
         n_full = len(shared) + len(groups) * len(own)
-        objective = HuberObjective(blocks, n_full, space=self.space, delta=self.delta)
-        all_losses = np.concatenate([b.losses for b in blocks])
-        grid = form.starts(all_losses)
-        starts = np.empty((grid.shape[0], n_full))
-        for block in blocks:
+        return HuberObjective(blocks, n_full, space=self.space, delta=self.delta)
+
+    def starts(self, objective: HuberObjective) -> np.ndarray:
+        """The form's grid, tied across groups, as full vectors of ``objective``."""
+        form = get_form(self.form)
+        grid = form.starts(np.concatenate([b.losses for b in objective.blocks]))
+        starts = np.empty((grid.shape[0], objective.n_full))
+        for block in objective.blocks:
             starts[:, block.index] = grid
-        result = multistart(objective, np.unique(starts, axis=0), n_refine=self.n_refine)
+        return np.unique(starts, axis=0)
+
+    def fit(self, groups: Mapping[str, tuple]) -> JointScalingLaw:
+        """Fit ``{group: (X, y)}`` jointly, then refit each group with the shared values fixed.
+
+        Fitted attributes besides those of the class: ``theta_`` (the joint optimum as a full
+        vector of :meth:`objective`).
+        """
+        form = get_form(self.form)
+        objective = self.objective(groups)
+        blocks = objective.blocks
+        shared = [form.params.index(form.search_name(s)) for s in self.shared]
+        result = multistart(objective, self.starts(objective), n_refine=self.n_refine)
+        self.theta_ = objective.expand(result.x)
         self.objective_ = result.fun
         self.converged_ = result.converged
         self.joint_ = {

@@ -163,18 +163,43 @@ class FitResult:
         searched = (form.search_name(name) for name in self.law.fixed)
         return {form.log_params.get(s, s) for s in searched}
 
+    def estimated_params(self) -> list[str]:
+        """Reported names of the parameters the bootstrap re-estimates: the free ones, and fixed
+        ones its replicates vary (a joint bootstrap re-estimates the shared beta and E)."""
+        if self.bootstrap is None:
+            return []
+        fixed = self.fixed_params()
+        return [
+            name
+            for name, values in self.bootstrap.samples().items()
+            if name not in fixed or np.nanmax(values) > np.nanmin(values)
+        ]
+
     def intervals(self, level: float | None = None) -> dict[str, list[float | None]]:
-        """Bootstrap percentile intervals of the fitted parameters at ``level`` (default the
-        result's), fixed ones left out; empty without a bootstrap. NaN ends (no replicate could
-        be fitted) are None."""
+        """Bootstrap percentile intervals of the estimated parameters at ``level`` (default the
+        result's); empty without a bootstrap. Parameters the data cannot pin
+        (:meth:`not_identified`) get none. NaN ends (no replicate could be fitted) are None."""
         if self.bootstrap is None:
             return {}
-        fixed = self.fixed_params()
+        shown = set(self.estimated_params()) - set(self.not_identified())
         return {
             name: [json_float(low), json_float(high)]
             for name, (low, high) in self.bootstrap.intervals(level or self.level).items()
-            if name not in fixed
+            if name in shown
         }
+
+    def not_identified(self) -> dict[str, str]:
+        """Parameters the data cannot pin, each with the reason (see :func:`not_identified`)."""
+        if self.bootstrap is None:
+            return {}
+        estimated = self.estimated_params()
+        return not_identified(
+            self.law.params_,
+            set(self.law.form_.log_params.values()),
+            {k: v for k, v in self.bootstrap.samples().items() if k in estimated},
+            self.bootstrap.intervals(self.level),
+            float(np.min(self.observed)) if self.observed.size else 1.0,
+        )
 
     def coverage(self) -> dict | None:
         """Share of held-out runs inside their prediction interval (None without bands)."""
@@ -206,6 +231,7 @@ class FitResult:
             "delta_h": json_float(self.delta_h),
             "level": self.level,
             "intervals": self.intervals(),
+            "not_identified": self.not_identified(),
             "variables": dict(self.variables),
             "warnings": list(self.warnings),
             "selected": self.selected,
@@ -286,6 +312,73 @@ class Fits(list):
         }
 
 
+#: A parameter whose replicates correlate beyond this with another's is not identified: the data
+#: pin only a combination of the two (e.g. alpha and beta when X and D_f vary together).
+MAX_CORRELATION = 0.99
+#: E below this share of the smallest observed loss has collapsed to its bound (zero): the law
+#: puts all of the loss in its reducible part, and E's value says nothing.
+E_FLOOR = 1e-2
+#: An interval narrower than this share of its value is zero-width: the refits do not move the
+#: parameter (its gradient is nil at this design), which is not precision.
+MIN_WIDTH = 1e-4
+#: An interval of a log-searched parameter (A, E, ...) spanning more than this factor is
+#: unbounded for practical purposes; for the others (exponents) a width above this many units.
+MAX_SPAN = {"log": 1e6, "linear": 10.0}
+
+
+def not_identified(
+    params: Mapping[str, float],
+    log_names: set[str],
+    samples: Mapping[str, np.ndarray],
+    intervals: Mapping[str, tuple[float, float]],
+    min_loss: float,
+) -> dict[str, str]:
+    """Reason per parameter the bootstrap cannot pin: E at its bound (zero), a zero-width,
+    missing or unbounded interval, or replicates that move with another parameter's
+    (|corr| > :data:`MAX_CORRELATION`). Only parameters in ``samples`` are judged; ``log_names``
+    are those searched through their log (A, E), whose spans are judged as ratios. Correlation
+    is judged between exponents only: a prefactor always moves with its exponent (log A with
+    alpha, as X is not centred), which says nothing about what the data pin."""
+    out: dict[str, str] = {}
+    for name, values in samples.items():
+        reason = _unpinned(name, params[name], values, intervals[name], min_loss, name in log_names)
+        if reason:
+            out[name] = reason
+    names = [n for n in samples if n not in out and n not in log_names]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            r = _correlation(samples[a], samples[b])
+            if abs(r) > MAX_CORRELATION:
+                text = f"moves with {{other}} in the refits (corr {r:+.3f})"
+                out.setdefault(a, text.format(other=b))
+                out.setdefault(b, text.format(other=a))
+    return out
+
+
+def _unpinned(name: str, value: float, values, interval, min_loss: float, log: bool) -> str:
+    low, high = interval
+    if name == "E" and value < E_FLOOR * min_loss:
+        return f"E collapsed to its bound ({value:.2g}, the loss floor is not resolved)"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no interval (the refits failed)"
+    if high - low <= MIN_WIDTH * max(abs(value), 1e-12):
+        return "zero-width interval (the refits do not move it)"
+    if name == "E" and low < E_FLOOR * min_loss:
+        return "the refits put E at its bound (zero)"
+    if log and low > 0 and high / low > MAX_SPAN["log"]:
+        return f"unbounded interval [{low:.2g}, {high:.2g}]"
+    if not log and high - low > MAX_SPAN["linear"]:
+        return f"unbounded interval [{low:.2g}, {high:.2g}]"
+    return ""
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return 0.0
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
 def fit_residuals(result: FitResult) -> np.ndarray:
     """The fit's residuals on its fitting runs in its own space (log or linear), for prediction
     intervals."""
@@ -310,20 +403,25 @@ def bootstrap_results(
     items = [(r.law, r.sizes[~r.heldout], r.observed[~r.heldout]) for r in results]
     replicates = bootstrap_many(items, n, seed=seed, progress=progress)
     for result, boot in zip(results, replicates, strict=True):
-        result.bootstrap = boot
-        bands = np.full((len(result.observed), 2), np.nan)
-        ok = np.isfinite(result.predicted)
-        if ok.any() and boot.n_failed < len(boot.thetas):
-            low, high = boot.predict_interval(
-                result.sizes[ok], result.level, residuals=fit_residuals(result)
-            )
-            bands[ok] = np.column_stack([low, high])
-        result.bands = bands
-        if boot.n_unconverged:
-            result.warnings.append(
-                f"{boot.n_unconverged} of {n} bootstrap refits stopped at their iteration limit"
-            )
-        if boot.n_failed:
-            result.warnings.append(
-                f"{boot.n_failed} of {n} bootstrap resamples could not be fitted"
-            )
+        attach_bootstrap(result, boot)
+
+
+def attach_bootstrap(result: FitResult, boot: Bootstrap) -> None:
+    """Set ``result``'s bootstrap, its per-run prediction ``bands`` and warnings about refits
+    that stopped early or failed."""
+    n = len(boot.thetas)
+    result.bootstrap = boot
+    bands = np.full((len(result.observed), 2), np.nan)
+    ok = np.isfinite(result.predicted)
+    if ok.any() and boot.n_failed < n:
+        low, high = boot.predict_interval(
+            result.sizes[ok], result.level, residuals=fit_residuals(result)
+        )
+        bands[ok] = np.column_stack([low, high])
+    result.bands = bands
+    if boot.n_unconverged:
+        result.warnings.append(
+            f"{boot.n_unconverged} of {n} bootstrap refits stopped at their iteration limit"
+        )
+    if boot.n_failed:
+        result.warnings.append(f"{boot.n_failed} of {n} bootstrap resamples could not be fitted")

@@ -11,7 +11,7 @@ Replicates run in worker processes (``fork``), one per core by default.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_all_start_methods, get_context
@@ -21,7 +21,14 @@ import numpy as np
 from ftscale.common import usable_cores
 from ftscale.errors import DataError, UserError
 from ftscale.laws.critical import D_RANGE, crossings
-from ftscale.laws.fit import ScalingLaw, _converged, as_sizes, lbfgs
+from ftscale.laws.fit import (
+    HuberObjective,
+    JointScalingLaw,
+    ScalingLaw,
+    _converged,
+    as_sizes,
+    lbfgs,
+)
 
 #: Central interval level used when none is given.
 LEVEL = 0.95
@@ -66,7 +73,7 @@ class Bootstrap:
 
     def intervals(self, level: float = LEVEL) -> dict[str, tuple[float, float]]:
         """Percentile interval of each reported parameter at ``level`` (e.g. 0.95)."""
-        return {name: _interval(values, level) for name, values in self.samples().items()}
+        return {name: percentile_interval(values, level) for name, values in self.samples().items()}
 
     def laws(self) -> list[ScalingLaw]:
         """One :class:`ScalingLaw` per fitted replicate."""
@@ -95,7 +102,7 @@ class Bootstrap:
         from them, inflated by sqrt(n / (n - p)) for the parameters fitted (Davison and Hinkley
         1997, section 6.3), so the interval covers the run-to-run noise as well.
         """
-        _interval(np.zeros(1), level)  # validates the level
+        percentile_interval(np.zeros(1), level)  # validates the level
         draws = self.predict(X)
         if residuals is not None and residuals.size and draws.size:
             r = np.asarray(residuals, float)
@@ -106,7 +113,8 @@ class Bootstrap:
         return np.percentile(draws, tail, axis=0), np.percentile(draws, 100 - tail, axis=0)
 
 
-def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """Central percentile interval of the finite ``values`` at ``level``; (NaN, NaN) if none."""
     if not 0 < level < 1:
         raise UserError(f"interval level must be in (0, 1), got {level!r}")
     values = values[np.isfinite(values)]
@@ -125,6 +133,9 @@ MAX_REPLICATES = 100_000
 #: whole grid (up to 5,760 starts) for each replicate cost more than the refit itself.
 N_CARRIED_STARTS = 16
 
+#: Parametric replicates refitted together in one batch (:mod:`ftscale.laws.batched`).
+PARAMETRIC_CHUNK = 50
+
 #: L-BFGS options of a refit. A replicate needs its optimum to the precision of the interval, not
 #: to machine precision; the fit's own tolerances let a degenerate refit (E -> 0) crawl for the
 #: full 5,000 iterations, which made ``fit --bootstrap`` 5-10x slower than the benchmark.
@@ -133,12 +144,28 @@ REFIT_OPTIONS = {"maxiter": 1000, "maxfun": 2000, "ftol": 1e-12, "gtol": 1e-9, "
 
 @dataclass
 class _Task:
-    """One law to bootstrap: its fitted law, runs, and the starts every refit tries."""
+    """One law (or joint fit) to bootstrap: how to build its objective on runs, the full-data
+    optimum and the starts every refit tries, and the runs with what a replicate draws from them.
 
-    law: ScalingLaw
+    ``noise`` is None for resampling runs with replacement; otherwise a replicate is parametric:
+    ``centre + noise * z`` with z standard normal per run (the fitted curve plus the measured
+    run-to-run noise, nats), refitted at the same sizes.
+    """
+
+    build: Callable[[np.ndarray, np.ndarray], HuberObjective]
+    theta: np.ndarray  # full search-space vector of the full-data optimum
     sizes: np.ndarray
     losses: np.ndarray
-    starts: np.ndarray  # (k, n_params) full search-space vectors
+    starts: np.ndarray  # (k, n_full) full search-space vectors
+    centre: np.ndarray | None = None
+    noise: np.ndarray | None = None
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The runs of one replicate: (sizes, losses)."""
+        if self.noise is None:
+            rows = rng.integers(0, self.losses.size, self.losses.size)
+            return self.sizes[rows], self.losses[rows]
+        return self.sizes, self.centre + self.noise * rng.standard_normal(self.losses.size)
 
 
 # The tasks the worker processes run; set in the parent before the pool forks so that laws built on
@@ -146,40 +173,70 @@ class _Task:
 _TASKS: list[_Task] = []
 
 
-def _refit(task: _Task, rows: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Refit ``task`` on the runs ``rows``; (theta, converged), theta all-NaN if it cannot fit.
+def _refit(task: _Task, sizes: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Refit ``task`` on runs (sizes, losses); (theta, converged), theta all-NaN if it cannot fit.
 
     One L-BFGS run, from whichever of the full-data optimum and the carried grid starts scores
-    best on the resample: a second run from the runner-up changed no interval in our tests and
+    best on the replicate: a second run from the runner-up changed no interval in our tests and
     doubled the time.
     """
-    law = task.law
+    failed = np.full(task.theta.shape, np.nan), False
     try:
-        objective = law.objective(task.sizes[rows], task.losses[rows])
-        candidates = np.vstack([law.theta_[None], task.starts])[:, objective.free]
+        objective = task.build(sizes, losses)
+        candidates = np.vstack([task.theta[None], task.starts])[:, objective.free]
         scores = objective.values(candidates)
         if not np.isfinite(scores).any():
-            return np.full(law.theta_.shape, np.nan), False
+            return failed
         result = lbfgs(objective, candidates[int(np.argmin(scores))], REFIT_OPTIONS)
     except DataError:
-        return np.full(law.theta_.shape, np.nan), False
+        return failed
     if not np.isfinite(result.fun):
-        return np.full(law.theta_.shape, np.nan), False
+        return failed
     return objective.expand(np.asarray(result.x)), _converged(result)
 
 
 def _chunk(task_index: int, indices: Sequence[int], seed: int):
     """Replicates ``indices`` of task ``task_index``: (task, indices, thetas, converged)."""
     task = _TASKS[task_index]
-    thetas, converged = [], []
+    draws = [task.draw(np.random.default_rng([seed, int(i)])) for i in indices]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        for i in indices:
-            rng = np.random.default_rng([seed, int(i)])
-            theta, ok = _refit(task, rng.integers(0, task.losses.size, task.losses.size))
-            thetas.append(theta)
-            converged.append(ok)
-    return task_index, list(indices), np.array(thetas), np.array(converged)
+        if task.noise is not None:
+            thetas, converged = _refit_together(task, np.array([y for _, y in draws]))
+            if thetas is not None:
+                return task_index, list(indices), thetas, converged
+        outcomes = [_refit(task, sizes, losses) for sizes, losses in draws]
+    thetas = np.array([theta for theta, _ in outcomes])
+    return task_index, list(indices), thetas, np.array([ok for _, ok in outcomes])
+
+
+def _refit_together(task: _Task, losses: np.ndarray):
+    """Parametric replicates (same sizes, losses (B, n)) refitted as one computation
+    (:mod:`ftscale.laws.batched`); those it leaves short of a stationary point are polished by
+    L-BFGS-B one at a time. (None, None) for laws it cannot batch."""
+    from ftscale.laws import batched
+
+    objective = task.build(task.sizes, task.centre)
+    if not batched.batchable(objective):
+        return None, None
+    candidates = np.vstack([task.theta[None], task.starts])
+    starts = batched.best_starts(objective, candidates, losses)
+    thetas, converged = batched.refit_many(objective, losses, starts)
+    for i in np.flatnonzero(~converged & np.isfinite(thetas).all(axis=1)):
+        thetas[i], converged[i] = _polish(task, losses[i], thetas[i])
+    return thetas, converged
+
+
+def _polish(task: _Task, losses: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, bool]:
+    """One L-BFGS-B refit of a replicate from ``theta``."""
+    try:
+        objective = task.build(task.sizes, losses)
+    except DataError:
+        return np.full(theta.shape, np.nan), False
+    result = lbfgs(objective, theta[objective.free], REFIT_OPTIONS)
+    if not np.isfinite(result.fun):
+        return np.full(theta.shape, np.nan), False
+    return objective.expand(np.asarray(result.x)), _converged(result)
 
 
 def default_jobs() -> int:
@@ -195,23 +252,71 @@ def check_replicates(n: int, seed: int) -> None:
         raise UserError(f"--seed must be 0 or more, got {seed}")
 
 
-def _task(law: ScalingLaw, X, y) -> _Task:
+def _best_starts(objective: HuberObjective, grid: np.ndarray) -> np.ndarray:
+    """The :data:`N_CARRIED_STARTS` best grid vectors on the full-data objective."""
+    scores = objective.values(grid[:, objective.free])
+    return grid[np.argsort(scores, kind="stable")[:N_CARRIED_STARTS]]
+
+
+def _task(law: ScalingLaw, X, y, noise=None) -> _Task:
     law._check_fitted()
     form = law.form_
     sizes = as_sizes(form, X)
     losses = np.asarray(y, float)
     grid = form.starts(losses)
-    fixed = law._fixed_positions(form)
-    for j, value in fixed.items():
+    for j, value in law._fixed_positions(form).items():
         grid[:, j] = value
-    objective = law.objective(sizes, losses)
-    scores = objective.values(grid[:, objective.free])
-    keep = np.argsort(scores, kind="stable")[:N_CARRIED_STARTS]
-    return _Task(law, sizes, losses, grid[keep])
+    centre = None if noise is None else law.predict(sizes)
+    return _Task(
+        build=law.objective,
+        theta=law.theta_,
+        sizes=sizes,
+        losses=losses,
+        starts=_best_starts(law.objective(sizes, losses), grid),
+        centre=centre,
+        noise=None if noise is None else _noise(noise, losses.size),
+    )
+
+
+def parametric_noise(
+    residuals: np.ndarray,
+    n_params: int,
+    seed_sd: float | None = None,
+    seeds: np.ndarray | None = None,
+) -> np.ndarray:
+    """Run-to-run noise (nats per token) of each fitted point, for a parametric bootstrap.
+
+    A point averaged over n_i seeds has noise ``seed_sd / sqrt(n_i)``, with ``seed_sd`` the
+    run-to-run standard deviation measured on repeated runs. The fit's residual RMS over
+    n - ``n_params`` degrees of freedom is taken instead where it is larger: a law that does not
+    follow its points gets the wider intervals it deserves, and runs without repeats (no
+    ``seed_sd``) still get intervals.
+
+    Args:
+        residuals: observed minus predicted loss at the fitted points (nats).
+        n_params: parameters the fit estimated (or all the form's, to be conservative).
+        seed_sd: the measured run-to-run standard deviation, None if unmeasured.
+        seeds: runs averaged in each point (default one).
+    """
+    residuals = np.asarray(residuals, float)
+    dof = max(1, residuals.size - n_params)
+    rms = float(np.sqrt(np.sum(residuals**2) / dof))
+    if seed_sd is None:
+        return np.full(residuals.size, rms)
+    n = np.ones(residuals.size) if seeds is None else np.asarray(seeds, float)
+    return np.maximum(seed_sd / np.sqrt(n), rms)
+
+
+def _noise(noise, n: int) -> np.ndarray:
+    """Per-run noise (nats) from a scalar or an array of n; refuses negative or non-finite."""
+    values = np.broadcast_to(np.asarray(noise, float), (n,)).copy()
+    if not (np.isfinite(values).all() and (values >= 0).all()):
+        raise UserError(f"noise must be finite and 0 or more, got {noise!r}")
+    return values
 
 
 def bootstrap_many(
-    items: Sequence[tuple[ScalingLaw, object, object]],
+    items: Sequence[tuple],
     n: int = 1000,
     *,
     seed: int = 0,
@@ -221,22 +326,37 @@ def bootstrap_many(
     """Bootstrap several fitted laws at once, in one pool of worker processes.
 
     Args:
-        items: ``(law, X, y)`` per law: a fitted law and the runs it was fitted on.
+        items: ``(law, X, y)`` per law: a fitted law and the runs it was fitted on; or
+            ``(law, X, y, noise)`` for a parametric bootstrap with that run-to-run noise (nats per
+            token, a scalar or one per run).
         n: replicates per law.
         seed: replicate i of every law resamples with the seed pair (seed, i), so the result is a
             function of the seed alone (not of ``n_jobs`` or of the other laws).
         n_jobs: worker processes (default: one per core; 1 runs in this process).
         progress: called as ``progress(done, total)`` with replicates finished so far.
     """
-    global _TASKS
     check_replicates(n, seed)
-    tasks = [_task(law, X, y) for law, X, y in items]
-    total = n * len(tasks)
-    size = max(1, min(50, n // (4 * max(1, n_jobs or default_jobs()))))
-    chunks = [
-        (t, range(lo, min(n, lo + size))) for t in range(len(tasks)) for lo in range(0, n, size)
+    tasks = [_task(*item) for item in items]
+    thetas, converged = _run_tasks(tasks, n, seed, n_jobs, progress)
+    return [
+        Bootstrap(law=item[0], thetas=thetas[t], seed=seed, converged=converged[t])
+        for t, item in enumerate(items)
     ]
-    thetas = [np.empty((n, len(task.law.theta_))) for task in tasks]
+
+
+def _run_tasks(tasks: list[_Task], n: int, seed: int, n_jobs, progress):
+    """Every task's n replicates: (thetas per task (n, n_full), converged per task (n,))."""
+    global _TASKS
+    total = n * len(tasks)
+    jobs = max(1, n_jobs or default_jobs())
+    chunks = []
+    for t, task in enumerate(tasks):
+        # Refits one at a time: small chunks balance the workers. Parametric replicates are
+        # refitted together, in chunks of a fixed size: a replicate's float operations then do
+        # not depend on the number of workers, nor do its digits.
+        size = PARAMETRIC_CHUNK if task.noise is not None else max(1, min(50, n // (4 * jobs)))
+        chunks += [(t, range(lo, min(n, lo + size))) for lo in range(0, n, size)]
+    thetas = [np.empty((n, len(task.theta))) for task in tasks]
     converged = [np.empty(n, bool) for _ in tasks]
     _TASKS = tasks
     try:
@@ -244,10 +364,64 @@ def bootstrap_many(
             thetas[t][indices], converged[t][indices] = values, ok
     finally:
         _TASKS = []
-    return [
-        Bootstrap(law=task.law, thetas=thetas[t], seed=seed, converged=converged[t])
-        for t, task in enumerate(tasks)
-    ]
+    return thetas, converged
+
+
+def bootstrap_joint(
+    joint: JointScalingLaw,
+    groups: Mapping[str, tuple],
+    noise: Mapping[str, object],
+    n: int = 1000,
+    *,
+    seed: int = 0,
+    n_jobs: int | None = None,
+) -> dict[str, Bootstrap]:
+    """Parametric bootstrap of a joint fit: every replicate redraws all groups' runs around the
+    fitted curves with their noise and refits them jointly, so the shared parameters (beta, E)
+    get intervals too and the groups' parameters of one replicate belong together.
+
+    Args:
+        joint: a fitted :class:`JointScalingLaw`.
+        groups: ``{group: (X, y)}``, the runs it was fitted on.
+        noise: per group, the run-to-run noise (nats per token, a scalar or one per run).
+
+    Returns: per group, a :class:`Bootstrap` of its law (``joint.laws_``) whose replicates hold
+    every parameter, shared ones included.
+    """
+    check_replicates(n, seed)
+    task = _joint_task(joint, groups, noise)
+    (thetas,), (converged,) = _run_tasks([task], n, seed, n_jobs, None)
+    return {
+        g: Bootstrap(joint.laws_[g], thetas[:, b.index], seed=seed, converged=converged)
+        for g, b in zip(groups, joint.objective(groups).blocks, strict=True)
+    }
+
+
+def _joint_task(joint: JointScalingLaw, groups: Mapping[str, tuple], noise) -> _Task:
+    """The parametric task of a joint fit: all groups' runs stacked, split back by count."""
+    objective = joint.objective(groups)
+    pairs = list(zip(groups, objective.blocks, strict=True))
+    bounds = np.cumsum([0] + [b.losses.size for _, b in pairs])
+
+    def build(sizes: np.ndarray, losses: np.ndarray) -> HuberObjective:
+        cuts = zip(groups, bounds[:-1], bounds[1:], strict=True)
+        return joint.objective({g: (sizes[lo:hi], losses[lo:hi]) for g, lo, hi in cuts})
+
+    # Each group's refit with the shared values fixed is at least as good as the joint optimum's
+    # own part (the objective is separable given the shared values), and it is what the study
+    # reports: the replicates start from it.
+    theta = joint.theta_.copy()
+    for g, block in pairs:
+        theta[block.index] = joint.laws_[g].theta_
+    return _Task(
+        build=build,
+        theta=theta,
+        sizes=np.concatenate([b.sizes for _, b in pairs]),
+        losses=np.concatenate([b.losses for _, b in pairs]),
+        starts=_best_starts(objective, joint.starts(objective)),
+        centre=np.concatenate([joint.laws_[g].predict(b.sizes) for g, b in pairs]),
+        noise=np.concatenate([_noise(noise[g], b.losses.size) for g, b in pairs]),
+    )
 
 
 def _run_chunks(chunks, seed, n_jobs, total, progress):
@@ -322,4 +496,4 @@ def crossing_interval(
     level: float = LEVEL,
 ) -> tuple[float, float]:
     """Percentile interval of the first crossing over replicate pairs (NaN if none cross)."""
-    return _interval(crossing_samples(first, second, x, d_range), level)
+    return percentile_interval(crossing_samples(first, second, x, d_range), level)

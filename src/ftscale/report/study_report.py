@@ -30,6 +30,69 @@ def _interval(entry: dict, name: str) -> str:
     return f" [{iv[0]:.3g}, {iv[1]:.3g}]"
 
 
+def _param(entry: dict, name: str) -> str:
+    """A fitted parameter's cell: value [interval], or "not identified" where the data cannot
+    pin it (the reason is listed under the table)."""
+    if name in (entry.get("not_identified") or {}):
+        return "not identified"
+    return _n(entry["params"].get(name)) + _interval(entry, name)
+
+
+def unidentified_lines(analysis: dict) -> list[str]:
+    """One line per parameter reported as not identified, with the reason."""
+    return [
+        f"{f['method']} {f['sweep']} {f['form']}: {name}: {why}"
+        for f in analysis["fits"]
+        for name, why in (f.get("not_identified") or {}).items()
+    ]
+
+
+def convergence_rows(analysis: dict) -> list[list[str]]:
+    """Converged share per sweep and method, and why the others stopped."""
+    return [
+        [
+            c["sweep"],
+            c["method"],
+            f"{c['converged']}/{c['runs']}"
+            + (f" ({c['unknown']} unknown)" if c["unknown"] else ""),
+            ", ".join(f"{k} {v}" for k, v in sorted(c["stop_reasons"].items())),
+        ]
+        for c in analysis.get("convergence", [])
+    ]
+
+
+CONVERGENCE_HEADER = ["sweep", "method", "converged", "stop reasons"]
+
+
+def law_choice_rows(analysis: dict) -> list[list[str]]:
+    """Per method and sweep: the form with the lowest Delta_h, the interval of its Delta_h minus
+    each rival's, and whether that makes it the winner."""
+    rows = []
+    for c in analysis.get("law_choice", []):
+        diffs = "; ".join(
+            f"vs {d['rival']}: "
+            + (
+                "-"
+                if d["interval"] is None
+                else f"[{d['interval'][0]:.3g}, {d['interval'][1]:.3g}]"
+            )
+            for d in c["differences"]
+        )
+        rows.append(
+            [c["method"], c["sweep"], c["best"], diffs or "-", c["winner"] or "no clear winner"]
+        )
+    return rows
+
+
+LAW_HEADER = ["method", "sweep", "lowest Delta_h", "Delta_h difference (interval)", "winner"]
+
+
+def _level(analysis: dict) -> str:
+    """The interval level of the fits, e.g. "95%"."""
+    levels = {f.get("level") for f in analysis.get("fits", []) if f.get("level")}
+    return f"{levels.pop():.0%}" if len(levels) == 1 else "central"
+
+
 def headline(analysis: dict) -> list[str]:
     """The plain-language lines at the top of the report."""
     lines = []
@@ -48,12 +111,22 @@ def headline(analysis: dict) -> list[str]:
             f"Test loss {verdict} with {label}: lower in {t['falling_pairs']} of "
             f"{t['pairs']} adjacent comparisons."
         )
+    converged = analysis.get("convergence", [])
+    if converged:
+        done = sum(c["converged"] for c in converged)
+        total = sum(c["runs"] for c in converged)
+        lines.append(
+            f"Converged (dev loss plateaued before the cap): {done} of {total} runs over the "
+            "sweeps (a run in two sweeps counts in both)."
+        )
     best = analysis.get("best_forms", {})
     if best:
         mult = sum(1 for v in best.values() if v == "multiplicative")
+        clear = [c for c in analysis.get("law_choice", []) if c["winner"]]
         lines.append(
             f"Lower held-out error: multiplicative law in {mult} of {len(best)} "
-            f"(method, sweep) fits, {'; '.join(f'{k}: {v}' for k, v in best.items())}."
+            f"(method, sweep) fits, {'; '.join(f'{k}: {v}' for k, v in best.items())}; "
+            f"a clear winner by the replicates in {len(clear)} of {len(best)}."
         )
     flagged = analysis.get("flagged", [])
     if flagged:
@@ -75,11 +148,11 @@ def fits_table_rows(analysis: dict) -> list[list[str]]:
                 f["method"],
                 f["sweep"],
                 f["form"],
-                _n(p.get("A")) + _interval(f, "A"),
-                _n(p.get("alpha")) + _interval(f, "alpha"),
-                _n(p.get("B")) if "B" in p else "",
-                _n(p.get("beta")) + _interval(f, "beta"),
-                _n(p.get("E")) + _interval(f, "E"),
+                _param(f, "A"),
+                _param(f, "alpha"),
+                _param(f, "B") if "B" in p else "",
+                _param(f, "beta"),
+                _param(f, "E"),
                 _n(f["delta_e"]),
                 _n(f["delta_h"]),
                 f"{f['n_fit']}/{f['n_heldout']}",
@@ -139,12 +212,16 @@ def markdown(analysis: dict, title: str) -> str:
     out += ["", "## Findings of Zhang et al. (ICLR 2024) on this study", ""]
     for f in analysis["findings"]:
         out.append(f"{f['number']}. **{f['claim']}**: {f['status']}. {f['detail']}")
+    out += ["", "## Convergence", "", _md_table(CONVERGENCE_HEADER, convergence_rows(analysis))]
     out += [
         "",
-        "## Fits (95% bootstrap intervals in brackets)",
+        f"## Fits ({_level(analysis)} bootstrap intervals in brackets)",
         "",
         _md_table(FIT_HEADER, fits_table_rows(analysis)),
     ]
+    out += [f"- not identified: {line}" for line in unidentified_lines(analysis)]
+    out += ["", "## Which law predicts held-out runs best", ""]
+    out += [_md_table(LAW_HEADER, law_choice_rows(analysis))]
     out += [
         "",
         f"## Critical data sizes ({analysis.get('critical_form')} law, model-size sweep)",
@@ -185,7 +262,8 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;background:#fff}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;
 padding:3px 7px;text-align:right}th{background:#eef}img{max-width:100%;border:1px solid #ddd}
-.reproduced{color:#070}.not{color:#a00}.untestable{color:#777}h1{color:#124}
+.reproduced{color:#070}.not{color:#a00}.untestable{color:#777}.inconclusive{color:#a60}
+h1{color:#124}
 """
 
 
@@ -196,22 +274,26 @@ def html_report(analysis: dict, figures: list[tuple[str, str, bytes]], title: st
         f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><ul>"
     ]
     parts += [f"<li>{html.escape(line)}</li>" for line in headline(analysis)]
-    parts.append("</ul><h2>Findings of Zhang et al. (ICLR 2024) on this study</h2><ol>")
-    for f in analysis["findings"]:
-        cls = {"reproduced": "reproduced", "not reproduced": "not"}.get(f["status"], "untestable")
-        parts.append(
-            f"<li><b>{html.escape(f['claim'])}</b>: <span class='{cls}'>"
-            f"{html.escape(f['status'])}</span>. {html.escape(f['detail'])}</li>"
-        )
-    parts.append("</ol>")
+    parts.append("</ul>" + _findings_html(analysis))
     for name, caption, png in figures:
         data = base64.b64encode(png).decode("ascii")
         parts.append(
             f"<h2 id='{name}'>{html.escape(caption)}</h2>"
             f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
         )
-    parts.append("<h2>Fits (95% bootstrap intervals in brackets)</h2>")
+    parts.append("<h2>Convergence</h2>")
+    parts.append(_html_table(CONVERGENCE_HEADER, convergence_rows(analysis)))
+    parts.append(f"<h2>Fits ({_level(analysis)} bootstrap intervals in brackets)</h2>")
     parts.append(_html_table(FIT_HEADER, fits_table_rows(analysis)))
+    unpinned = unidentified_lines(analysis)
+    if unpinned:
+        parts.append(
+            "<p>Not identified (the runs cannot pin them):</p><ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in unpinned)
+            + "</ul>"
+        )
+    parts.append("<h2>Which law predicts held-out runs best</h2>")
+    parts.append(_html_table(LAW_HEADER, law_choice_rows(analysis)))
     parts.append(
         f"<h2>Critical data sizes ({html.escape(str(analysis.get('critical_form')))} "
         "law)</h2>" + _html_table(CRIT_HEADER, critical_rows(analysis))
@@ -240,6 +322,20 @@ def html_report(analysis: dict, figures: list[tuple[str, str, bytes]], title: st
         )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _findings_html(analysis: dict) -> str:
+    """The findings as an ordered list, each verdict coloured, with its deciding intervals."""
+    items = []
+    for f in analysis["findings"]:
+        cls = {"reproduced": "reproduced", "not reproduced": "not", "inconclusive": "inconclusive"}
+        cls = cls.get(f["status"], "untestable")
+        items.append(
+            f"<li><b>{html.escape(f['claim'])}</b>: <span class='{cls}'>"
+            f"{html.escape(f['status'])}</span>. {html.escape(f['detail'])}</li>"
+        )
+    title = "<h2>Findings of Zhang et al. (ICLR 2024) on this study</h2>"
+    return title + "<ol>" + "".join(items) + "</ol>"
 
 
 def write_report(analysis: dict, out_dir: str | Path, title: str) -> dict[str, Path]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -97,6 +97,8 @@ def runs_frame(rows: Sequence[dict]) -> pd.DataFrame:
                 "test_nll": row["test_nll"],
                 "improved": _flag_improved(record),
                 "undertrained": _flag_undertrained(record),
+                "converged": record.get("converged"),
+                "stop_reason": record.get("stop_reason"),
                 "best_step": record.get("best_step"),
                 "steps": record.get("steps"),
                 "initial_dev_nll": record.get("initial_dev_nll"),
@@ -147,10 +149,23 @@ def _flat_evals(evals: Any) -> dict[str, float]:
     return flat
 
 
-def sweep_points(frame: pd.DataFrame, sweep: str, method: str) -> pd.DataFrame:
-    """Mean test NLL per (X, D_f) of one sweep and method (ok runs only), with ``n`` seeds."""
-    x = X_COLUMN[sweep]
+def usable_runs(frame: pd.DataFrame, method: str, *, converged_only: bool = False) -> pd.Series:
+    """Mask of the method's ok runs with a test NLL; with ``converged_only`` only those whose
+    dev loss plateaued (``converged``). Records from before convergence was recorded (no
+    ``converged`` field) are kept: nothing says they did not converge."""
     mask = (frame["status"] == "ok") & (frame["method"] == method) & frame["test_nll"].notna()
+    if converged_only and "converged" in frame:
+        mask &= frame["converged"].map(lambda c: c is None or c is True or c == 1)
+    return mask
+
+
+def sweep_points(
+    frame: pd.DataFrame, sweep: str, method: str, *, converged_only: bool = False
+) -> pd.DataFrame:
+    """Mean test NLL per (X, D_f) of one sweep and method (:func:`usable_runs`), with ``n``
+    seeds."""
+    x = X_COLUMN[sweep]
+    mask = usable_runs(frame, method, converged_only=converged_only)
     mask &= frame["sweeps"].map(lambda s: sweep in s)
     sub = frame[mask]
     if sub.empty or sub[x].isna().any():
@@ -159,6 +174,25 @@ def sweep_points(frame: pd.DataFrame, sweep: str, method: str) -> pd.DataFrame:
         test_nll=("test_nll", "mean"), n=("test_nll", "size"), rung=("rung", "first")
     )
     return grouped.rename(columns={x: "x"}).sort_values(["x", "examples"]).reset_index(drop=True)
+
+
+#: Columns that make two runs of one method the same design point (they differ in subset seed).
+DESIGN = ["rung", "tokens_seen", "method_size", "examples"]
+
+
+def seed_noise(frame: pd.DataFrame, method: str, *, converged_only: bool = False) -> dict:
+    """Run-to-run noise of one method's test NLL (nats per token) measured on design points run
+    with several subset seeds: the pooled standard deviation sqrt(sum (n_i - 1) s_i^2 /
+    sum (n_i - 1)) and its degrees of freedom (``sd`` None when no point was repeated)."""
+    sub = frame[usable_runs(frame, method, converged_only=converged_only)]
+    if sub.empty:
+        return {"sd": None, "dof": 0}
+    groups = sub.groupby(DESIGN, dropna=False)["test_nll"]
+    dof = int((groups.size() - 1).sum())
+    if dof == 0:
+        return {"sd": None, "dof": 0}
+    squares = float(groups.apply(lambda v: ((v - v.mean()) ** 2).sum()).sum())
+    return {"sd": math.sqrt(squares / dof), "dof": dof}
 
 
 def holdout_rules(sweep: str, config) -> list:
@@ -201,26 +235,37 @@ POINT_VARIABLES = {"x": "x", "d": "examples"}
 @dataclass
 class SweepFit:
     """One sweep's law for one method and form (a :class:`~ftscale.laws.FitResult`, grouped by
-    method) and what the study adds to its record: the sweep, the joint fit's shared values and
-    the rung of every point."""
+    method) and what the study adds to its record: the sweep, the joint fit's shared values, the
+    rung and seed count of every point, and the noise its intervals were drawn with."""
 
     method: str
     sweep: str
     shared: dict[str, float] | None
     rungs: list[str]
     result: Any  # ftscale.laws.FitResult
+    seeds: list[int]
+    noise: dict | None = None
 
     def to_dict(self) -> dict:
         """The fit's entry in the analysis data: the laws package's record plus the study's
         keys. The study compares forms by Delta_h (:func:`best_forms`), so the record's
         nested-extrapolation selection keys, never filled here, are left out."""
         record = self.result.to_dict(points=True)
-        for point, rung in zip(record["points"], self.rungs, strict=True):
-            point["rung"] = rung
+        for point, rung, n in zip(record["points"], self.rungs, self.seeds, strict=True):
+            point["rung"], point["n"] = rung, n
         for key in ("selected", "selection_score", "predictions"):
             del record[key]
         study = {"method": self.method, "sweep": self.sweep, "x": X_COLUMN[self.sweep]}
-        return {**study, "shared": self.shared, **record}
+        return {**study, "shared": self.shared, "noise": self.noise, **record}
+
+
+@dataclass
+class _Resample:
+    """The fits one bootstrap redraws together: one sweep's, or a joint fit's sweeps with the
+    joint law (``joint``) so that the shared beta and E are re-estimated too."""
+
+    fits: list[SweepFit]
+    joint: Any = None  # ftscale.laws.JointScalingLaw
 
 
 def _sizes(points: pd.DataFrame) -> np.ndarray:
@@ -243,7 +288,8 @@ def _sweep_fit(law, points, held, config, method: str, *, sweep: str, shared) ->
         group=method,
         level=config.analysis.level,
     )
-    return SweepFit(method, sweep, shared, [str(r) for r in points["rung"]], result)
+    rungs, seeds = [str(r) for r in points["rung"]], [int(n) for n in points["n"]]
+    return SweepFit(method, sweep, shared, rungs, result, seeds)
 
 
 def _fit_law(form: str, points, held, config, notes: list[str], *, where: str, fixed=None):
@@ -261,47 +307,51 @@ def _fit_law(form: str, points, held, config, notes: list[str], *, where: str, f
 
 
 def _joint(data: dict, config, method: str, form: str, notes: list[str]):
-    """The joint fit of the model-size and pretraining sweeps: (law per sweep, shared beta and
-    E), or ({}, None) with one sweep or when it cannot be fitted (then each is fitted alone)."""
+    """The joint fit of the model-size and pretraining sweeps (a fitted
+    :class:`~ftscale.laws.JointScalingLaw`), or None with one sweep or when it cannot be fitted
+    (then each is fitted alone)."""
     from ftscale.laws import JointScalingLaw
 
     if len(data) != 2:
-        return {}, None
+        return None
     analysis = config.analysis
     try:
-        joint = JointScalingLaw(form, space=analysis.space, n_refine=analysis.refine).fit(
+        return JointScalingLaw(form, space=analysis.space, n_refine=analysis.refine).fit(
             {s: (_sizes(p)[~h], _losses(p)[~h]) for s, (p, h) in data.items()}
         )
     except UserError as exc:
         notes.append(f"{method} {form}: joint fit skipped ({exc}); sweeps fitted separately")
-        return {}, None
-    return dict(joint.laws_), {k: float(v) for k, v in joint.shared_.items()}
+        return None
 
 
-def fit_method(frame, config, method: str, form: str, notes: list[str]) -> list[SweepFit]:
-    """Every sweep's law for one method and form (the study's joint procedure)."""
+def fit_method(frame, config, method: str, form: str, notes: list[str]) -> list[_Resample]:
+    """Every sweep's law for one method and form (the study's joint procedure), grouped as they
+    are bootstrapped."""
+    converged_only = config.analysis.converged_only
     data = {}
     for sweep in ("model_size", "pretraining"):
-        points = sweep_points(frame, sweep, method)
+        points = sweep_points(frame, sweep, method, converged_only=converged_only)
         if len(points) and points["x"].nunique() >= 2 and points["examples"].nunique() >= 2:
             data[sweep] = (points, heldout_mask(points, sweep, config))
-    laws, shared = _joint(data, config, method, form, notes)
+    joint = _joint(data, config, method, form, notes)
+    shared = None if joint is None else {k: float(v) for k, v in joint.shared_.items()}
     fits = []
     for sweep, (points, held) in data.items():
-        law = laws.get(sweep) or _fit_law(
-            form, points, held, config, notes, where=f"{method} {form} {sweep}"
-        )
+        law = joint.laws_[sweep] if joint is not None else None
+        law = law or _fit_law(form, points, held, config, notes, where=f"{method} {form} {sweep}")
         if law is not None:
             fits.append(_sweep_fit(law, points, held, config, method, sweep=sweep, shared=shared))
+    out = [_Resample(fits, joint)] if joint is not None else [_Resample([f]) for f in fits]
     if method in config.sweeps.pet_size.sizes and config.sweeps.pet_size.enabled:
-        fits += _fit_pet(frame, config, method, form, shared, notes)
-    return fits
+        out += [_Resample([f]) for f in _fit_pet(frame, config, method, form, shared, notes)]
+    return out
 
 
 def _fit_pet(frame, config, method, form, shared, notes) -> list[SweepFit]:
     """The PET-size sweep, with the method's joint beta and E held fixed (they take no part in
     estimating them)."""
-    points = sweep_points(frame, "pet_size", method)
+    converged_only = config.analysis.converged_only
+    points = sweep_points(frame, "pet_size", method, converged_only=converged_only)
     if len(points) == 0 or points["x"].nunique() < 2:
         return []
     held = heldout_mask(points, "pet_size", config)
@@ -313,31 +363,91 @@ def _fit_pet(frame, config, method, form, shared, notes) -> list[SweepFit]:
     return [_sweep_fit(law, points, held, config, method, sweep="pet_size", shared=shared or None)]
 
 
-def _bootstrap(fits: list[SweepFit], analysis, notes: list[str]) -> None:
-    """Intervals for every fit at once (replicate i of each law resamples with the seed pair
-    (seed, i), so each law's replicates are those of a bootstrap of it alone)."""
+# -- intervals -----------------------------------------------------------------------------------
+
+
+def fit_noise(fit: SweepFit, seeds: dict) -> np.ndarray:
+    """Noise (nats per token) of each fitted point for the parametric bootstrap
+    (:func:`ftscale.laws.uncertainty.parametric_noise`: the method's measured run-to-run noise
+    over the point's seeds, or the fit's residual RMS where larger, counting all the form's
+    parameters), recorded on ``fit.noise`` with which of the two set it."""
+    from ftscale.laws.uncertainty import parametric_noise
+
+    result = fit.result
+    fitted = ~result.heldout
+    residuals = result.observed[fitted] - result.predicted[fitted]
+    n_params = len(result.law.form_.params)
+    n = np.asarray(fit.seeds, float)[fitted]
+    noise = parametric_noise(residuals, n_params, seeds["sd"], n)
+    rms = float(parametric_noise(residuals, n_params)[0]) if residuals.size else 0.0
+    own = (seeds["sd"] or 0.0) / np.sqrt(n)
+    fit.noise = {
+        "seed_sd": seeds["sd"],
+        "seed_dof": seeds["dof"],
+        "residual_rms": rms,
+        # which of the two set the noise: at every point, at none, or at some
+        "source": "residuals" if (rms >= own).all() else "seeds" if (rms < own).all() else "both",
+    }
+    return noise
+
+
+def _bootstrap(resamples: list[_Resample], frame, config, notes: list[str]) -> None:
+    """Intervals for every fit. ``[analysis] resample = "parametric"`` (the default): each
+    replicate redraws the fitted points around the fitted curve with the measured noise
+    (:func:`fit_noise`) and refits, jointly where the fit was joint; ``"runs"``: resample the
+    fitted points with replacement. Replicate i of each law uses the seed pair (seed, i)."""
     from ftscale.laws import bootstrap_results
 
+    analysis = config.analysis
+    fits = [f for r in resamples for f in r.fits]
     if analysis.bootstrap <= 0 or not fits:
         return
     try:
-        bootstrap_results([f.result for f in fits], analysis.bootstrap, analysis.seed)
+        if analysis.resample == "runs":
+            bootstrap_results([f.result for f in fits], analysis.bootstrap, analysis.seed)
+            return
+        _parametric(resamples, frame, config)
     except UserError as exc:
         notes.append(f"no bootstrap intervals ({exc})")
+
+
+def _parametric(resamples: list[_Resample], frame, config) -> None:
+    """The parametric bootstraps: single fits in one pool, then each joint fit."""
+    from ftscale.laws import attach_bootstrap, bootstrap_joint, bootstrap_many
+
+    analysis = config.analysis
+    n, seed, only = analysis.bootstrap, analysis.seed, analysis.converged_only
+    seeds = {m: seed_noise(frame, m, converged_only=only) for m in config.methods}
+    singles = [r.fits[0] for r in resamples if r.joint is None]
+    items = [(*_fitted(f), fit_noise(f, seeds[f.method])) for f in singles]
+    for fit, boot in zip(singles, bootstrap_many(items, n, seed=seed), strict=True):
+        attach_bootstrap(fit.result, boot)
+    for r in (r for r in resamples if r.joint is not None):
+        groups = {f.sweep: _fitted(f)[1:] for f in r.fits}
+        noise = {f.sweep: fit_noise(f, seeds[f.method]) for f in r.fits}
+        boots = bootstrap_joint(r.joint, groups, noise, n, seed=seed)
+        for fit in r.fits:
+            attach_bootstrap(fit.result, boots[fit.sweep])
+
+
+def _fitted(fit: SweepFit) -> tuple:
+    """(law, sizes, losses) of the points a fit was fitted on."""
+    result = fit.result
+    return result.law, result.sizes[~result.heldout], result.observed[~result.heldout]
 
 
 def fit_all(frame: pd.DataFrame, config, notes: list[str]) -> list[SweepFit]:
     """Every method's and form's fits with their bootstrap; warnings raised while fitting become
     notes."""
-    fits: list[SweepFit] = []
+    resamples: list[_Resample] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for method in config.methods:
             for form in config.analysis.forms:
-                fits += fit_method(frame, config, method, form, notes)
-        _bootstrap(fits, config.analysis, notes)
+                resamples += fit_method(frame, config, method, form, notes)
+        _bootstrap(resamples, frame, config, notes)
     notes += sorted({str(w.message) for w in caught})
-    return fits
+    return [f for r in resamples for f in r.fits]
 
 
 # -- critical data sizes --------------------------------------------------------------------------
@@ -446,13 +556,16 @@ FINDINGS: dict[int, Callable[[_FindingInputs], dict]] = {}
 
 @dataclass(frozen=True)
 class _FindingInputs:
-    """What every finding reads: all fits, the critical points, the study's methods, and the
-    multiplicative fits by ``(method, sweep)``."""
+    """What every finding reads: all fits, the critical points, the study's methods, the
+    multiplicative fits by ``(method, sweep)``, the bootstrap replicates of every fit by
+    ``(method, sweep, form)`` (:func:`replicate_samples`) and the interval level."""
 
     fits: list[dict]
     critical: list[dict]
     methods: list[str]
     get: dict[tuple[str, str], dict]
+    samples: dict[tuple[str, str, str], dict] = field(default_factory=dict)
+    level: float = 0.95
 
 
 def register_finding(number: int):
@@ -463,121 +576,264 @@ def register_finding(number: int):
     return wrap
 
 
-def findings(fits: list[dict], critical: list[dict], config) -> list[dict]:
-    """The study's five findings, each marked reproduced, not reproduced or not testable."""
+def replicate_samples(fits: list[SweepFit]) -> dict[tuple[str, str, str], dict]:
+    """Per fit, its bootstrap replicates as the findings compare them: ``params`` (name ->
+    array over replicates, NaN where a replicate failed, so replicate i of two fits pair up),
+    ``delta_h`` (each replicate's held-out error against the observed runs) and the parameters
+    that are ``not_identified``."""
+    out = {}
+    for fit in fits:
+        result, boot = fit.result, fit.result.bootstrap
+        if boot is None:
+            continue
+        form = result.law.form_
+        held = result.sizes[result.heldout]
+        delta_h = None
+        if len(held):
+            with np.errstate(all="ignore"):
+                predicted = np.exp(form.log_predict(boot.thetas, np.log(held)))
+            delta_h = np.mean(np.abs(predicted - result.observed[result.heldout]), axis=1)
+        out[(fit.method, fit.sweep, result.form)] = {
+            "params": boot.samples(),
+            "delta_h": delta_h,
+            "not_identified": result.not_identified(),
+        }
+    return out
+
+
+def findings(fits: list[dict], critical: list[dict], config, samples=None) -> list[dict]:
+    """The study's five findings, each decided by intervals (:func:`decide`): reproduced,
+    not reproduced, inconclusive, or not testable."""
     mult = [f for f in fits if f["form"] == "multiplicative"]
     inputs = _FindingInputs(
         fits=fits,
         critical=critical,
         methods=list(config.methods),
         get={(f["method"], f["sweep"]): f for f in mult},
+        samples=samples or {},
+        level=config.analysis.level,
     )
     return [FINDINGS[number](inputs) for number in sorted(FINDINGS)]
 
 
+def decide(interval, low_bound: float | None = None, high_bound: float | None = None) -> str:
+    """The verdict of one comparison whose paper side is ``low_bound < q < high_bound``:
+    reproduced when the interval of q lies inside, not reproduced when it lies outside (beyond
+    either bound), otherwise inconclusive (also without an interval)."""
+    if interval is None or None in interval or not all(map(math.isfinite, interval)):
+        return "inconclusive"
+    low, high = interval
+    lo_b = -math.inf if low_bound is None else low_bound
+    hi_b = math.inf if high_bound is None else high_bound
+    if lo_b < low and high < hi_b:
+        return "reproduced"
+    if high < lo_b or low > hi_b:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def _combine(verdicts: list[str]) -> str | None:
+    """A finding over several comparisons (it claims all of them): not reproduced if any is,
+    reproduced if all are, otherwise inconclusive; None (not testable) without comparisons."""
+    if not verdicts:
+        return None
+    if "not reproduced" in verdicts:
+        return "not reproduced"
+    return "reproduced" if all(v == "reproduced" for v in verdicts) else "inconclusive"
+
+
+def _quantile_interval(values, level: float) -> list[float] | None:
+    """The central interval of replicate ``values`` (None with fewer than two finite ones)."""
+    from ftscale.laws.uncertainty import percentile_interval
+
+    if values is None or np.isfinite(np.asarray(values, float)).sum() < 2:
+        return None
+    return list(percentile_interval(np.asarray(values, float), level))
+
+
+def _param(inp: _FindingInputs, method: str, sweep: str, name: str):
+    """A multiplicative fit's parameter: (estimate, replicates or None, why it is not
+    identified or "")."""
+    fit = inp.get.get((method, sweep))
+    if fit is None:
+        return None, None, "not fitted"
+    sample = inp.samples.get((method, sweep, "multiplicative"), {})
+    why = sample.get("not_identified", {}).get(name, "")
+    return fit["params"][name], sample.get("params", {}).get(name), why
+
+
+def _compare(label: str, estimate, draws, inp: _FindingInputs, bounds, why: str = "") -> dict:
+    """One comparison: its estimate, its interval at the study's level and its verdict."""
+    interval = None if why else _quantile_interval(draws, inp.level)
+    verdict = decide(interval, *bounds)
+    return {
+        "label": label,
+        "estimate": None if estimate is None else float(estimate),
+        "interval": interval,
+        "verdict": verdict,
+        "why": why or ("" if interval else "no bootstrap interval"),
+    }
+
+
+def _finding(number: int, claim: str, comparisons: list[dict], detail: str = "") -> dict:
+    status = _combine([c["verdict"] for c in comparisons])
+    shown = "; ".join(_shown(c) for c in comparisons)
+    return {
+        "number": number,
+        "claim": claim,
+        "status": "not testable" if status is None else status,
+        "detail": "; ".join(t for t in (shown, detail) if t) or "-",
+        "comparisons": comparisons,
+    }
+
+
+def _shown(c: dict) -> str:
+    estimate = "-" if c["estimate"] is None else f"{c['estimate']:.3g}"
+    if c["interval"] is None:
+        return f"{c['label']} {estimate} ({c['why']}): {c['verdict']}"
+    low, high = c["interval"]
+    return f"{c['label']} {estimate} [{low:.3g}, {high:.3g}]: {c['verdict']}"
+
+
 @register_finding(1)
 def _small_heldout_error(inp: _FindingInputs) -> dict:
-    """(1) the multiplicative law fits with small held-out error."""
+    """(1) the multiplicative law fits with small held-out error: each method's model-size
+    Delta_h, with its interval over the replicates, below :data:`SMALL_DELTA_H` of the mean
+    loss."""
     claim = "The multiplicative law fits with small held-out error"
-    get = inp.get
-    held = [(m, get[(m, "model_size")]) for m in inp.methods if (m, "model_size") in get]
+    held = [(m, inp.get[(m, "model_size")]) for m in inp.methods if (m, "model_size") in inp.get]
     held = [(m, f) for m, f in held if f["delta_h"] is not None]
     if not held:
-        return _finding(1, claim, None, "no held-out model-size points")
-    detail = {m: f["delta_h"] for m, f in held}
-    add = {
-        f["method"]: f["delta_h"]
-        for f in inp.fits
-        if f["form"] == "additive" and f["sweep"] == "model_size" and f["delta_h"] is not None
-    }
-    mean_loss = np.mean([p["observed"] for _, f in held for p in f["points"]])
-    ok = all(f["delta_h"] <= SMALL_DELTA_H * mean_loss for _, f in held)
-    wins = sum(1 for m, f in held if m in add and f["delta_h"] <= add[m])
-    text = (
-        f"multiplicative Delta_h (model size) {_fmt_map(detail)}; additive "
-        f"{_fmt_map(add)}; the multiplicative law has the lower held-out error for "
-        f"{wins} of {len(held)} methods (threshold for 'small': "
-        f"{SMALL_DELTA_H:.0%} of the mean loss, {SMALL_DELTA_H * mean_loss:.3f} nats)"
+        return _finding(1, claim, [], "no held-out model-size points")
+    mean_loss = float(np.mean([p["observed"] for _, f in held for p in f["points"]]))
+    limit = SMALL_DELTA_H * mean_loss
+    comparisons = [
+        _compare(
+            f"{m} Delta_h",
+            f["delta_h"],
+            inp.samples.get((m, "model_size", "multiplicative"), {}).get("delta_h"),
+            inp,
+            (None, limit),
+        )
+        for m, f in held
+    ]
+    return _finding(
+        1,
+        claim,
+        comparisons,
+        f"'small': below {SMALL_DELTA_H:.0%} of the mean loss, {limit:.3f} nats",
     )
-    return _finding(1, claim, ok, text)
-
-
-def _by_method(inp: _FindingInputs, sweep: str, param: str) -> dict[str, float]:
-    """One parameter of each method's multiplicative fit of ``sweep``, in the study's order."""
-    get = inp.get
-    return {m: get[(m, sweep)]["params"][param] for m in inp.methods if (m, sweep) in get}
 
 
 @register_finding(2)
 def _model_size_beats_pretraining(inp: _FindingInputs) -> dict:
-    """(2) alpha for model size > alpha for pretraining data."""
-    data = _by_method(inp, "pretraining", "alpha")
-    model = _by_method(inp, "model_size", "alpha")
-    pairs = {m: (a, data[m]) for m, a in model.items() if m in data}
-    ok = bool(pairs) and all(a > b for a, b in pairs.values())
-    text = "; ".join(
-        f"{m}: alpha(model) {a:.3g} vs alpha(pretraining) {b:.3g}" for m, (a, b) in pairs.items()
-    )
+    """(2) alpha for model size > alpha for pretraining data: the difference, replicate by
+    replicate of the joint bootstrap (both sweeps' alphas come from the same replicate)."""
+    comparisons = []
+    for m in inp.methods:
+        model, model_draws, why_m = _param(inp, m, "model_size", "alpha")
+        data, data_draws, why_d = _param(inp, m, "pretraining", "alpha")
+        if model is None or data is None:
+            continue
+        draws = _difference(model_draws, data_draws)
+        why = "; ".join(w for w in (why_m, why_d) if w)
+        label = f"{m}: alpha(model) - alpha(pretraining)"
+        comparisons.append(_compare(label, model - data, draws, inp, (0.0, None), why))
     claim = "Model size helps more than pretraining data (alpha_model > alpha_data)"
-    return _finding(2, claim, ok if pairs else None, text or "needs both sweeps")
+    return _finding(2, claim, comparisons, "" if comparisons else "needs both sweeps")
+
+
+def _difference(a, b):
+    if a is None or b is None or len(a) != len(b):
+        return None
+    return np.asarray(a) - np.asarray(b)
 
 
 @register_finding(3)
 def _pet_size_near_zero(inp: _FindingInputs) -> dict:
-    """(3) PET-size exponents near zero."""
-    pet = _by_method(inp, "pet_size", "alpha")
-    ok = bool(pet) and all(abs(a) < PET_ALPHA_NEAR_ZERO for a in pet.values())
-    text = "; ".join(f"{m}: alpha(PET size) {a:.3g}" for m, a in pet.items())
+    """(3) PET-size exponents near zero: inside (-c, c), c = :data:`PET_ALPHA_NEAR_ZERO`."""
+    comparisons = []
+    for m in inp.methods:
+        value, draws, why = _param(inp, m, "pet_size", "alpha")
+        if value is not None:
+            bounds = (-PET_ALPHA_NEAR_ZERO, PET_ALPHA_NEAR_ZERO)
+            comparisons.append(_compare(f"{m}: alpha(PET size)", value, draws, inp, bounds, why))
     claim = f"PET size buys almost nothing (|alpha_PET| < {PET_ALPHA_NEAR_ZERO:g})"
-    return _finding(3, claim, ok if pet else None, text or "no PET-size sweep")
+    return _finding(3, claim, comparisons, "" if comparisons else "no PET-size sweep")
 
 
 @register_finding(4)
 def _beta_order(inp: _FindingInputs) -> dict:
     """(4) beta: FMT > PET; LoRA > prompt (methods grouped by the registry's families, so DoRA
-    counts as LoRA-like and P-tuning as prompt-like)."""
-    betas = _by_method(inp, "model_size", "beta")
+    counts as LoRA-like and P-tuning as prompt-like); each difference of the model-size fits'
+    betas, replicate i of one method against replicate i of the other."""
+    betas = {m: _param(inp, m, "model_size", "beta") for m in inp.methods}
+    betas = {m: b for m, b in betas.items() if b[0] is not None}
     family = _families(betas)
-    checks = [
-        betas[a] > betas[b]
-        for high, lows in (("full", ("low-rank", "prompt")), ("low-rank", ("prompt",)))
-        for a in family[high]
-        for low in lows
-        for b in family[low]
-    ]
-    return _finding(
-        4,
-        "beta is larger for FMT than for PET, and for LoRA than for prompt",
-        all(checks) if checks else None,
-        "beta (model-size fits): " + _fmt_map(betas),
-    )
+    comparisons = []
+    for high, lows in (("full", ("low-rank", "prompt")), ("low-rank", ("prompt",))):
+        for a in family[high]:
+            for b in (b for low in lows for b in family[low]):
+                (va, da, wa), (vb, db, wb) = betas[a], betas[b]
+                why = "; ".join(w for w in (wa, wb) if w)
+                label = f"beta({a}) - beta({b})"
+                comparisons.append(
+                    _compare(label, va - vb, _difference(da, db), inp, (0.0, None), why)
+                )
+    claim = "beta is larger for FMT than for PET, and for LoRA than for prompt"
+    return _finding(4, claim, comparisons)
 
 
 @register_finding(5)
 def _critical_sizes_exist(inp: _FindingInputs) -> dict:
-    """(5) critical data sizes exist; PET first at small data."""
-    critical = inp.critical
-    found = [c for c in critical if c["crossings"]]
+    """(5) critical data sizes exist; PET first at small data. Per FMT-vs-PET case: the share of
+    replicate pairs whose laws cross in the searched range, with PET ahead at the smallest D_f
+    both ran. Reproduced when some case crosses in at least (1 + level) / 2 of the pairs with
+    PET ahead; not reproduced when every case crosses in at most (1 - level) / 2 of them or
+    crosses with FMT ahead; otherwise inconclusive."""
     full = set(_families(inp.methods)["full"])
-    fmt_pairs = [c for c in critical if full & {c["first"], c["second"]}]
-    # The leader is the method with the lower predicted loss at the smallest D_f both ran.
-    pet_first = [c for c in fmt_pairs if c["leader"] is not None and c["leader"] not in full]
-    text = (
-        f"{len(found)} of {len(critical)} (pair, model size) cases cross in "
-        f"[{CRITICAL_RANGE[0]:g}, {CRITICAL_RANGE[1]:g}] examples; PET ahead of FMT at the "
-        f"smallest D_f in {len(pet_first)} of {len(fmt_pairs)} cases"
+    cases = [c for c in inp.critical if full & {c["first"], c["second"]}]
+    comparisons = [_critical_case(c, full, inp.level) for c in cases]
+    verdicts = [c["verdict"] for c in comparisons]
+    if not verdicts:
+        status = None
+    elif "reproduced" in verdicts:
+        status = "reproduced"
+    elif all(v == "not reproduced" for v in verdicts):
+        status = "not reproduced"
+    else:
+        status = "inconclusive"
+    finding = _finding(
+        5, "Critical data sizes exist (PET first at small data, FMT later)", comparisons
     )
-    first = [
-        f"{c['first']}/{c['second']} at X={c['x']:.3g}: {c['crossings'][0]:.0f}" for c in found[:6]
-    ]
-    if first:
-        text += "; e.g. " + ", ".join(first)
-    return _finding(
-        5,
-        "Critical data sizes exist (PET first at small data, FMT later)",
-        bool(found) and bool(pet_first) if critical else None,
-        text,
-    )
+    finding["status"] = "not testable" if status is None else status
+    return finding
+
+
+def _critical_case(c: dict, full: set, level: float) -> dict:
+    share = c.get("crossing_share")
+    pet_first = c["leader"] is not None and c["leader"] not in full
+    label = f"{c['first']}/{c['second']} at X={c['x']:.3g}"
+    estimate = c["crossings"][0] if c["crossings"] else None
+    if share is None:
+        verdict, why = "inconclusive", "no bootstrap interval"
+    elif share >= (1 + level) / 2:
+        verdict = "reproduced" if pet_first else "not reproduced"
+        why = f"crosses in {share:.0%} of replicates, {c['leader']} ahead at small D_f"
+    elif share <= (1 - level) / 2:
+        verdict, why = "not reproduced", f"crosses in {share:.0%} of replicates"
+    else:
+        verdict, why = "inconclusive", f"crosses in {share:.0%} of replicates"
+    interval = c.get("interval")
+    if interval is not None and None in interval:
+        interval = None
+    return {
+        "label": label,
+        "estimate": estimate,
+        "interval": interval,
+        "verdict": verdict,
+        "why": why,
+    }
 
 
 def _families(methods) -> dict[str | None, list[str]]:
@@ -589,15 +845,6 @@ def _families(methods) -> dict[str | None, list[str]]:
     for method in methods:
         out[method_family(method)].append(method)
     return out
-
-
-def _finding(number: int, claim: str, ok: bool | None, detail: str) -> dict:
-    status = "not testable" if ok is None else ("reproduced" if ok else "not reproduced")
-    return {"number": number, "claim": claim, "status": status, "detail": detail}
-
-
-def _fmt_map(values: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in values.items() if v is not None) or "-"
 
 
 # -- everything -----------------------------------------------------------------------------------
@@ -614,7 +861,10 @@ def analyse(rows: Sequence[dict], config) -> dict:
     )
     critical = critical_sizes(fitted, form, config.analysis.level)
     fits = [f.to_dict() for f in fitted]
+    samples = replicate_samples(fitted)
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
+    if config.analysis.converged_only and len(frame):
+        notes.insert(0, _converged_note(frame))
     return {
         "format": FORMAT,
         "study": config.name,
@@ -626,8 +876,10 @@ def analyse(rows: Sequence[dict], config) -> dict:
         "trends": trends(frame) if len(frame) else {},
         "generalisation": generalisation(frame) if len(frame) else [],
         "flagged": flagged(frame) if len(frame) else [],
-        "findings": findings(fits, critical, config),
+        "findings": findings(fits, critical, config, samples),
         "best_forms": best_forms(fits),
+        "law_choice": law_choice(fits, samples, config.analysis.level),
+        "convergence": convergence(frame) if len(frame) else [],
         "notes": notes,
     }
 
@@ -642,3 +894,71 @@ def best_forms(fits: list[dict]) -> dict[str, str]:
         if key not in best or f["delta_h"] < best[key][0]:
             best[key] = (f["delta_h"], f["form"])
     return {k: v[1] for k, v in best.items()}
+
+
+def law_choice(fits: list[dict], samples: dict, level: float) -> list[dict]:
+    """Per ``method/sweep``, which form predicts the held-out runs best and whether the
+    replicates say so: the best form's Delta_h minus each rival's, replicate by replicate (the
+    parametric replicates of two forms share their noise draws, so the pairs are matched).
+    ``winner`` is the best form when every difference's interval lies below zero, else None."""
+    out = []
+    best = best_forms(fits)
+    for key, form in best.items():
+        method, sweep = key.split("/")
+        rivals = [
+            f for f in fits if (f["method"], f["sweep"]) == (method, sweep) and f["form"] != form
+        ]
+        mine = samples.get((method, sweep, form), {}).get("delta_h")
+        differences = []
+        for rival in rivals:
+            theirs = samples.get((method, sweep, rival["form"]), {}).get("delta_h")
+            interval = _quantile_interval(_difference(mine, theirs), level)
+            differences.append({"rival": rival["form"], "interval": interval})
+        clear = bool(differences) and all(
+            d["interval"] is not None and d["interval"][1] < 0 for d in differences
+        )
+        out.append(
+            {
+                "method": method,
+                "sweep": sweep,
+                "best": form,
+                "differences": differences,
+                "winner": form if clear else None,
+            }
+        )
+    return out
+
+
+def convergence(frame: pd.DataFrame) -> list[dict]:
+    """Per sweep and method: ok runs, how many converged (dev loss plateaued), and why the others
+    stopped (``stop_reason`` counts)."""
+    ok = frame[frame["status"] == "ok"]
+    rows = []
+    for sweep in X_COLUMN:
+        sub = ok[ok["sweeps"].map(lambda s, sweep=sweep: sweep in s)]
+        for method, runs in sub.groupby("method", sort=False):
+            known = runs["converged"].map(lambda c: c is not None)
+            reasons = runs["stop_reason"].fillna("unknown").value_counts().to_dict()
+            rows.append(
+                {
+                    "sweep": sweep,
+                    "method": method,
+                    "runs": len(runs),
+                    "converged": int((runs["converged"] == True).sum()),  # noqa: E712
+                    "unknown": int((~known).sum()),
+                    "stop_reasons": {str(k): int(v) for k, v in reasons.items()},
+                }
+            )
+    return rows
+
+
+def _converged_note(frame: pd.DataFrame) -> str:
+    ok = frame[frame["status"] == "ok"]
+    converged = int((ok["converged"] == True).sum())  # noqa: E712
+    unknown = int(ok["converged"].isna().sum())
+    text = (
+        f"fits use converged runs only ({converged} of {len(ok)} ok runs plateaued"
+        + (f"; {unknown} older records without the flag are kept" if unknown else "")
+        + "); set [analysis] converged_only = false to fit every run"
+    )
+    return text

@@ -191,7 +191,10 @@ TrainSection = create_model("TrainSection", __base__=_TrainBase, **study_train_f
 class AnalysisSection(_Strict):
     """How the runs are fitted: law ``forms`` (registered two-variable forms), residual
     ``space``, bootstrap replicates (0: no intervals), ``refine`` (best grid starts refined by
-    L-BFGS in each fit), the bootstrap ``seed`` and the interval ``level``."""
+    L-BFGS in each fit), the bootstrap ``seed`` and the interval ``level``; how a replicate is
+    drawn (``resample``: ``parametric``, the fitted curve plus the measured run-to-run noise, or
+    ``runs``, the fitted points resampled with replacement) and whether only runs whose dev loss
+    plateaued are fitted (``converged_only``)."""
 
     forms: list[str] = Field(default_factory=lambda: ["multiplicative", "additive"])
     space: Literal["log", "linear"] = "log"
@@ -199,6 +202,8 @@ class AnalysisSection(_Strict):
     refine: Annotated[int, Field(ge=1, le=4096)] = 16
     seed: int = 0
     level: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    resample: Literal["parametric", "runs"] = "parametric"
+    converged_only: bool = True
 
     @field_validator("forms")
     @classmethod
