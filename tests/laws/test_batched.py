@@ -52,3 +52,14 @@ def test_a_joint_bootstrap_gives_both_groups_the_shared_parameters_of_each_repli
     # the same seed gives the same replicates whatever the number of processes
     again = bootstrap_joint(joint, groups, {"model_size": 0.01, "pretraining": 0.01}, 80, n_jobs=1)
     np.testing.assert_array_equal(again["model_size"].thetas, boots["model_size"].thetas)
+
+
+def test_a_replicate_whose_jacobian_vanishes_does_not_break_the_batch():
+    """A replicate whose parameters do not move its predictions (a zero Jacobian, e.g. every
+    term underflowed) makes its damped Gauss-Newton matrix singular; the batch still steps."""
+    from ftscale.laws import batched
+
+    residuals, jacobian = np.zeros((2, 5)), np.zeros((2, 5, 3))
+    jacobian[0] = 1.0  # the first replicate is ordinary
+    step = batched._step(1e-3, residuals, jacobian, np.array([1e-3, 1e-30]))
+    assert step.shape == (2, 3) and np.isfinite(step).all()

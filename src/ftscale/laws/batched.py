@@ -114,6 +114,9 @@ def _step(delta: float, r: np.ndarray, jac: np.ndarray, damping: np.ndarray) -> 
     gradient = np.einsum("bn,bnp->bp", np.clip(r, -delta, delta), jac)
     hessian = np.einsum("bn,bnp,bnq->bpq", weight, jac, jac)
     scale = np.einsum("bpp->bp", hessian)
-    scale = scale + 1e-9 * scale.max(axis=1, keepdims=True) + 1e-300
+    scale = scale + 1e-9 * scale.max(axis=1, keepdims=True) + 1e-12
     system = hessian + damping[:, None, None] * np.einsum("bp,pq->bpq", scale, np.eye(jac.shape[2]))
-    return -np.linalg.solve(system, gradient[:, :, None])[:, :, 0]
+    try:
+        return -np.linalg.solve(system, gradient[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:  # a parameter the runs do not move (a zero column): least norm
+        return -np.einsum("bpq,bq->bp", np.linalg.pinv(system), gradient)
