@@ -270,6 +270,9 @@ def checkpoint_layers(model: torch.nn.Module, layers: Sequence[torch.nn.Module],
     if k == 0:
         return
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner.activation_checkpointing_enable({"use_reentrant": False})
+    if hasattr(inner, "activation_checkpointing_enable"):
+        inner.activation_checkpointing_enable({"use_reentrant": False})
+    else:  # transformers before the rename (it marks the layers, the old name enables them)
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < k
