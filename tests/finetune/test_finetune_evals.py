@@ -111,7 +111,8 @@ def test_plain_progress_prints_one_line_per_dev_check(run_toy, capsys):
     stream = io.StringIO()
     config = TrainConfig(max_steps=6, eval_every=2, gen_examples=0, threads=1, patience=None)
     run_toy("lora", config, progress=PlainProgress(stream))
-    lines = stream.getvalue().splitlines()
+    plan, *lines = stream.getvalue().splitlines()
+    assert plan.startswith("ftscale: memory plan: checkpointing 0 of 2 layers")  # before training
     assert len(lines) == 3 and all(line.startswith("ftscale: lora lr ") for line in lines)
     assert "step 6/6" in lines[-1] and "dev NLL" in lines[-1]
 

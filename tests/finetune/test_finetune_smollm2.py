@@ -54,6 +54,8 @@ def test_lora_on_smollm2_beats_the_base_model():
     )
     assert record.status == "ok", record.reason
     assert record.nonembedding_params == 106_203_456  # 134,515,008 less 49,152 x 576 embeddings
-    assert record.context_length == 8192 and record.checkpointing
+    assert record.context_length == 8192
+    assert record.memory_plan.startswith("memory plan: checkpointing ")
+    assert f"of {30} layers" in record.memory_plan  # SmolLM2-135M has 30 decoder layers
     assert record.improved and record.best_dev_nll < record.initial_dev_nll - 0.05
     assert record.test_nll < record.initial_dev_nll

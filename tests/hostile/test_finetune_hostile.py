@@ -96,6 +96,16 @@ CASES = [
     ("min improvement one", base("--min-improvement", "1"), r"--min-improvement: .*less than 1"),
     ("min improvement negative", base("--min-improvement", "-0.1"), r"--min-improvement"),
     ("checkpointing unknown spelling", base("--checkpoint"), r"No such option"),
+    # memory budget (a budget too small for any plan: tests/finetune/test_memory.py, it needs a
+    # model that loads)
+    ("max memory text", base("--max-memory", "banana"), r"--max-memory: .*\(got 'banana'\)"),
+    ("max memory zero", base("--max-memory", "0"), r"--max-memory: must be a positive memory"),
+    ("max memory negative", base("--max-memory", "-5GB"), r"--max-memory: .*\(got '-5GB'\)"),
+    ("max memory unknown unit", base("--max-memory", "2XB"), r"--max-memory: .*\(got '2XB'\)"),
+    ("max memory nan", base("--max-memory", "nan"), r"--max-memory: .*\(got 'nan'\)"),
+    ("max memory under a byte", base("--max-memory", "0.5"), r"--max-memory: .*\(got '0.5'\)"),
+    ("max memory empty", base("--max-memory", ""), r"--max-memory: .*\(got ''\)"),
+    ("max memory no value", base("--max-memory"), r"--max-memory"),
     # task and scoring settings
     ("malformed template", base("--template", "{src ="), r"template '\{src =': not a format"),
     ("template without src", base("--template", "translate:"), r"must contain \{src\}"),

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from ftscale.finetune.tasks import Encoded, collate, sorted_batches
 
-#: Rows of hidden states sent through the output head at once during evaluation: the logits of
-#: 512 rows of a 49,152-token vocabulary are 96 MiB in float32, instead of GBs for a whole batch.
+#: Rows of hidden states per chunk of the output head, in training and in evaluation: the logits
+#: of 512 rows of a 49,152-token vocabulary are 96 MiB in float32, instead of GBs for a batch.
 HEAD_ROWS = 512
 
 
@@ -32,7 +32,8 @@ def target_nll(
 
     ``labels`` holds the token ids where loss counts and -100 elsewhere. No attention mask is
     passed: padding sits after every real token, so causal attention never lets a real position
-    see it. Leading positions a method adds (prompt tuning's virtual tokens) are dropped.
+    see it. Leading positions a method adds (prompt tuning's virtual tokens) are dropped. On the
+    fast path the output head runs on target positions only, in chunks (:func:`head_nll`).
     """
     length = input_ids.shape[1]
     target = labels[:, 1:]
@@ -42,24 +43,37 @@ def target_nll(
         offset = hidden.shape[1] - length
         selected = hidden[:, offset : offset + length - 1][mask]
         del hidden
-        head = model.get_output_embeddings()
-        if not torch.is_grad_enabled() and selected.shape[0] > HEAD_ROWS:  # evaluation: slices
-            nll = sum(
-                F.cross_entropy(
-                    head(selected[i : i + HEAD_ROWS]).float(),
-                    target[mask][i : i + HEAD_ROWS],
-                    reduction="sum",
-                )
-                for i in range(0, selected.shape[0], HEAD_ROWS)
-            )
-            return torch.as_tensor(nll, dtype=torch.float32), int(mask.sum())
-        logits = head(selected)
-    else:
-        out = model(input_ids=input_ids, use_cache=False)
-        offset = out.logits.shape[1] - length
-        logits = out.logits[:, offset : offset + length - 1][mask]
+        return head_nll(model.get_output_embeddings(), selected, target[mask]), int(mask.sum())
+    out = model(input_ids=input_ids, use_cache=False)
+    offset = out.logits.shape[1] - length
+    logits = out.logits[:, offset : offset + length - 1][mask]
     nll = F.cross_entropy(logits.float(), target[mask], reduction="sum")
     return nll, int(mask.sum())
+
+
+def head_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed NLL (nats, float32 scalar) of ``targets`` under ``head(hidden)``, never holding more
+    than :data:`HEAD_ROWS` rows of logits (nor of their gradient) at once.
+
+    A plain ``nn.Linear`` head goes through torch's chunked ``F.linear_cross_entropy`` (the
+    gradient of each chunk is formed in the forward pass and the chunk's logits freed); it keeps
+    float32 logits under autocast, so its loss equals the float32 reference. Hand-rolled slicing
+    is left only for heads that function cannot take (a PEFT-wrapped or soft-capped head): one
+    chunk at a time through the module itself, which bounds evaluation's logits; in training
+    autograd then keeps every chunk's logits, as an unchunked head would.
+    """
+    if type(head) is torch.nn.Linear and hidden.shape[0] > HEAD_ROWS:
+        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=HEAD_ROWS)
+        return F.linear_cross_entropy(
+            hidden, head.weight, targets, linear_bias=head.bias, reduction="sum", options=options
+        ).float()
+    pieces = [
+        F.cross_entropy(
+            head(hidden[i : i + HEAD_ROWS]).float(), targets[i : i + HEAD_ROWS], reduction="sum"
+        )
+        for i in range(0, max(hidden.shape[0], 1), HEAD_ROWS)
+    ]
+    return torch.stack(pieces).sum() if len(pieces) > 1 else pieces[0]
 
 
 def final_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

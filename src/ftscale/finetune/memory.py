@@ -1,4 +1,14 @@
-"""Process memory policy for finetuning runs on the CPU.
+"""Memory of finetuning runs: the process's allocator on the CPU, and the memory policy.
+
+The policy (:func:`plan_memory`): before a run trains, its peak is estimated from what it holds
+(weights, libraries, data), what training adds (gradients, optimizer state, the kept best state)
+and the activations of its largest batch, measured per token and decoder layer on a short probe
+forward pass; the run then uses the fastest configuration whose estimate fits the budget
+(``max_memory``, default :data:`DEFAULT_SHARE` of the memory available), checkpointing only as
+many layers as it must. The output head's loss is chunked (:func:`ftscale.finetune.evaluate.
+head_nll`), so logits are a bounded share.
+
+The allocator:
 
 glibc's allocator raises its mmap threshold (up to 32 MiB) each time a large block is freed, after
 which tensors below that size come from the heap, where freed space fragments and the resident
@@ -11,7 +21,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ftscale.errors import UserError
 
 #: Bytes from which allocations get their own mapping (glibc ``M_MMAP_THRESHOLD``).
 MMAP_THRESHOLD = 1 << 20
@@ -30,3 +48,231 @@ def return_freed_memory() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     except (OSError, AttributeError):
         return False
+
+
+# -- the memory policy -----------------------------------------------------------------------------
+# What a run's training step needs, estimated before it trains, and the fastest configuration that
+# fits a budget. The configurations are "checkpoint the first k decoder layers" for k = 0 .. all:
+# each checkpointed layer keeps only its input (tokens x width) and recomputes its forward pass in
+# the backward pass (about a third more compute for that layer), so fewer is faster.
+
+#: Share of the memory available at the start that the default budget may use (the rest is left
+#: to the system and to other processes).
+DEFAULT_SHARE = 0.8
+#: Extra share on top of the estimated activations for allocator slack and the transient buffers
+#: of the backward pass (glibc and the CUDA caching allocator hold freed blocks for reuse).
+SLACK = 0.10
+#: Tokens of the probe forward pass that measures saved activations per token and layer (short:
+#: the probe costs well under a training step, and saved bytes grow linearly with tokens).
+PROBE_TOKENS = 64
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Measured and counted memory of one run, in bytes: ``base`` (held before training: weights,
+    libraries, data; the process's resident size on CPU, allocated GPU memory on a GPU),
+    ``weights`` (parameters and buffers, part of ``base``), ``gradients``, ``optimizer`` (its
+    state), ``best_state`` (the kept copy of the trainable tensors), ``per_layer`` (bytes saved for
+    the backward pass per token, one entry per decoder layer), ``outside`` (per token, outside the
+    layers), ``carry`` (per token: the hidden state a checkpointed layer keeps), ``tokens`` (of the
+    largest training batch), ``logits`` (the output head's chunk: logits, probabilities and their
+    gradient), ``eval`` (an evaluation batch's transient peak)."""
+
+    base: int
+    weights: int
+    gradients: int
+    optimizer: int
+    best_state: int
+    per_layer: tuple[int, ...]
+    outside: int
+    carry: int
+    tokens: int
+    logits: int
+    eval: int
+
+    def activations(self, checkpointed: int) -> int:
+        """Bytes of activations of the largest batch with the first ``checkpointed`` layers
+        checkpointed, plus :data:`SLACK`: at the start of the backward pass what the other layers
+        save and what the checkpointed ones carry; the backward pass reaches the first layers
+        last, after the others' activations are freed, so a layer recomputed there only counts
+        when it is larger than all of those."""
+        carried = checkpointed * self.carry + self.outside
+        kept = sum(self.per_layer[checkpointed:]) + carried
+        recomputing = carried + max(self.per_layer[:checkpointed], default=0)
+        return int(self.tokens * max(kept, recomputing) * (1 + SLACK))
+
+    def total(self, checkpointed: int) -> int:
+        """Estimated peak bytes of the run with ``checkpointed`` layers checkpointed."""
+        state = self.base + self.gradients + self.optimizer + self.best_state
+        return state + max(self.activations(checkpointed) + self.logits, self.eval)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The configuration a run trains with: ``checkpointed`` of ``layers`` decoder layers
+    checkpointed (the first ones), the estimated peak ``estimate`` and the ``budget`` (bytes),
+    where the budget came from (``source``), and the footprint behind the estimate."""
+
+    checkpointed: int
+    layers: int
+    estimate: int
+    budget: int
+    source: str
+    footprint: Footprint
+    reason: str
+
+    def line(self) -> str:
+        """The plan in one line, sizes in MiB."""
+        f, k = self.footprint, self.checkpointed
+        parts = (
+            f"weights {f.weights / MIB:.0f}",
+            f"gradients {f.gradients / MIB:.0f}",
+            f"optimizer {f.optimizer / MIB:.0f}",
+            f"best state {f.best_state / MIB:.0f}",
+            f"activations {f.activations(k) / MIB:.0f}",
+            f"logits {f.logits / MIB:.0f}",
+        )
+        return (
+            f"memory plan: checkpointing {k} of {self.layers} layers ({self.reason}); estimated "
+            f"peak {self.estimate / MIB:.0f} MiB of {self.budget / MIB:.0f} MiB budget "
+            f"({self.source}): {', '.join(parts)} MiB"
+        )
+
+
+def default_budget(device: torch.device) -> tuple[int, str]:
+    """``(bytes, where they come from)``: what the process holds now plus :data:`DEFAULT_SHARE`
+    of what is available (RAM on CPU, free memory of the GPU on a GPU)."""
+    import psutil
+
+    held = held_memory(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(held + DEFAULT_SHARE * free), f"default: held + {DEFAULT_SHARE:.0%} of free GPU"
+    available = psutil.virtual_memory().available
+    return int(held + DEFAULT_SHARE * available), f"default: held + {DEFAULT_SHARE:.0%} of free RAM"
+
+
+def held_memory(device: torch.device) -> int:
+    """Bytes the run holds now: allocated GPU memory on a GPU, else the process's resident size."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated decoder layers that transformers can checkpoint one by one (none for a
+    model without them, or with a transformers too old to mark them)."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def saved_per_token(
+    model: torch.nn.Module,
+    layers: Sequence[torch.nn.Module],
+    forward: Callable[[], Any],
+    tokens: int,
+) -> tuple[list[int], int, int]:
+    """``(bytes per token saved for the backward pass by each layer, by the rest of the model,
+    bytes per token of a layer's input)`` of one ``forward()`` over ``tokens`` tokens, measured
+    with autograd's saved-tensor hooks. Each storage counts once and parameters not at all."""
+    where, carry = [len(layers)], [0]
+    sizes = [0] * (len(layers) + 1)
+    skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    skip.add(0)
+
+    def enter(index: int):
+        def hook(_module, args, kwargs):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            if index == 0 and isinstance(hidden, torch.Tensor):
+                carry[0] = hidden.element_size() * hidden.shape[-1]
+            where.append(index)
+
+        return hook
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skip:
+            skip.add(storage.data_ptr())
+            sizes[where[-1]] += storage.nbytes()
+        return tensor
+
+    def leave(*_: Any) -> None:  # returns None: the layer's output stays its own
+        where.pop()
+
+    handles = [
+        m.register_forward_pre_hook(enter(i), with_kwargs=True) for i, m in enumerate(layers)
+    ]
+    handles += [m.register_forward_hook(leave) for m in layers]
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_token = [math.ceil(size / tokens) for size in sizes]
+    return per_token[:-1], per_token[-1], carry[0]
+
+
+def state_bytes(params: Sequence[torch.nn.Parameter], optimizer: str) -> tuple[int, int]:
+    """``(gradient bytes, optimizer-state bytes)`` of the trainable ``params``: AdamW keeps two
+    moments per value; Adafactor (no first moment) a row and a column factor per matrix and one
+    value per value of the rest, in float32."""
+    gradients = sum(p.numel() * p.element_size() for p in params)
+    if optimizer == "adamw":
+        return gradients, 2 * sum(p.numel() * 4 for p in params)
+    factored = sum(4 * (p.shape[0] + p.numel() // p.shape[0]) for p in params if p.dim() >= 2)
+    return gradients, factored + sum(4 * p.numel() for p in params if p.dim() < 2)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (tied tensors once)."""
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in [*model.parameters(), *model.buffers()]
+    }
+    return sum(storages.values())
+
+
+def choose_plan(footprint: Footprint, config: Any, budget: int, source: str) -> MemoryPlan:
+    """The fastest configuration whose estimate fits ``budget``: the fewest checkpointed layers.
+    ``config.checkpointing`` set on (every layer) or off (none) overrides the choice. A given
+    ``config.max_memory`` that no configuration fits is a one-line :class:`UserError`; the
+    default budget is only the machine's, so then every layer is checkpointed and the run tries."""
+    layers = len(footprint.per_layer)
+    if config.checkpointing is not None:
+        choices, reason = [layers if config.checkpointing else 0], "checkpointing set"
+    else:
+        choices, reason = list(range(layers + 1)), "the fastest that fits"
+    for k in choices:
+        if footprint.total(k) <= budget:
+            return MemoryPlan(k, layers, footprint.total(k), budget, source, footprint, reason)
+    least = min(choices, key=footprint.total)  # checkpointing the last layer too saves nothing
+    if config.max_memory is None:
+        reason = "over the budget: the estimate may be high, trying"
+        return MemoryPlan(least, layers, footprint.total(least), budget, source, footprint, reason)
+    raise UserError(
+        f"--max-memory {budget} bytes ({budget / MIB:.0f} MiB): too small for this run, which "
+        f"needs about {footprint.total(least) / MIB:.0f} MiB with {least} of {layers} layers "
+        f"checkpointed (held before training {footprint.base / MIB:.0f} MiB); give a larger "
+        "budget or a smaller --batch-size"
+    )
+
+
+def checkpoint_layers(model: torch.nn.Module, layers: Sequence[torch.nn.Module], k: int) -> None:
+    """Activation checkpointing (transformers', non-reentrant) on the first ``k`` of ``layers``
+    and off on the rest."""
+    if k == 0:
+        return
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(inner, "activation_checkpointing_enable"):
+        inner.activation_checkpointing_enable({"use_reentrant": False})
+    else:  # transformers before the rename (it marks the layers, the old name enables them)
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = index < k

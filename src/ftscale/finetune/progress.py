@@ -1,9 +1,10 @@
 """Training progress on stderr: a live bar on a terminal, one plain line per dev check otherwise.
 
-The training loop calls a :class:`Progress` (``start``, ``step``, ``dev``, ``close``); the library
-default is silence (``None``). :func:`make_progress` picks the reporter for the command line: a
-`rich` live bar with the step, loss, dev NLL and ETA when stderr is a terminal, one plain line per
-dev check when it is not (logs, CI), nothing with ``--quiet``.
+The training loop calls a :class:`Progress` (``start``, ``step``, ``dev``, ``note``, ``close``);
+the library default is silence (``None``). :func:`make_progress` picks the reporter for the
+command line: a `rich` live bar with the step, loss, dev NLL and ETA when stderr is a terminal,
+one plain line per dev check when it is not (logs, CI), nothing with ``--quiet``. ``note`` is one
+line about the run (its memory plan) printed as it is.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class Progress(Protocol):
     def step(self, step: int, loss: float) -> None: ...
 
     def dev(self, step: int, dev_nll: float, best: float) -> None: ...
+
+    def note(self, text: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -47,6 +50,9 @@ class PlainProgress:
             file=self.stream,
             flush=True,
         )
+
+    def note(self, text: str) -> None:
+        print(f"ftscale: {text}", file=self.stream, flush=True)
 
     def close(self) -> None:
         pass
@@ -105,6 +111,9 @@ class LiveProgress:
 
     def dev(self, step: int, dev_nll: float, best: float) -> None:
         self.bar.update(self.task, completed=step, dev=f"{dev_nll:.4f} (best {best:.4f})")
+
+    def note(self, text: str) -> None:
+        self.bar.console.print(f"ftscale: {text}", markup=False, highlight=False)
 
     def close(self) -> None:
         if self.task is not None:

@@ -6,6 +6,8 @@ load the base model once (:func:`ftscale.models.loading.load_model`), turn ``lea
 
 * :func:`setup`: encode the data to fit the model's context, score the base model on the extra
   eval sets, apply the method, start the record;
+* :func:`plan_memory`: the memory policy (:mod:`ftscale.finetune.memory`): estimate the peak,
+  checkpoint only as many layers as the budget needs, the plan in one line;
 * :func:`train`: the loop, written out plainly (no Trainer): length-grouped batches padded to
   their own longest sequence, loss on target tokens only, warmup then cosine learning rate
   (:func:`ftscale.schedules.warmup_cosine`), dev loss every ``eval_every`` steps, the best state
@@ -42,8 +44,10 @@ import torch
 from ftscale.data.pairs import Pair, nested_subset
 from ftscale.errors import UserError
 from ftscale.finetune.evaluate import (
+    HEAD_ROWS,
     autocast,
     fast_path_ok,
+    final_hidden_states,
     greedy_generate,
     mean_nll,
     perplexity,
@@ -51,6 +55,18 @@ from ftscale.finetune.evaluate import (
     target_nll,
 )
 from ftscale.finetune.lr_search import LearningRateSearch, candidate_config, choose, search_steps
+from ftscale.finetune.memory import (
+    PROBE_TOKENS,
+    Footprint,
+    checkpoint_layers,
+    choose_plan,
+    decoder_layers,
+    default_budget,
+    held_memory,
+    saved_per_token,
+    state_bytes,
+    weight_bytes,
+)
 from ftscale.finetune.methods import (
     MethodConfig,
     apply_method,
@@ -72,9 +88,11 @@ from ftscale.models.loading import load_model, resolve_device
 from ftscale.schedules import warmup_cosine, warmup_stable_decay
 from ftscale.sizes import context_length
 
-#: Base models this large (parameters) train with activation checkpointing unless told otherwise:
-#: SmolLM2-135M LoRA at batch 8 kept ~0.8 GB of activations per step without it (measured).
-CHECKPOINTING_PARAMS = 50_000_000
+#: Evaluation's transient activations per token, as a share of what a training step saves per
+#: token and layer: without autograd only a layer's live intermediates exist (an upper bound).
+EVAL_SHARE = 0.5
+#: Bytes per logit and copies of a head chunk in training: float32 logits, probabilities, gradient.
+LOGIT_BYTES, LOGIT_COPIES = 4, 3
 
 
 @dataclass
@@ -384,11 +402,12 @@ def run_loaded(
     started: float | None = None,
 ) -> FinetuneResult:
     """One run on an already loaded base model, which it changes (pass a copy to keep it):
-    :func:`setup`, then :func:`_execute` (train and evaluate, one failure path), then
-    :func:`cleanup`."""
+    :func:`setup`, :func:`plan_memory`, then :func:`_execute` (train and evaluate, one failure
+    path), then :func:`cleanup`."""
     started = time.perf_counter() if started is None else started
     torch.manual_seed(inputs.config.seed)
     run = setup(base, tokenizer, name, inputs)
+    plan_memory(run, progress)
     _execute(run, progress)
     cleanup(run, started)
     return FinetuneResult(run.record, run.model, run.tokenizer)
@@ -406,7 +425,7 @@ def setup(base: torch.nn.Module, tokenizer: Any, name: str, inputs: RunInputs) -
         torch.cuda.reset_peak_memory_stats(device)
     record = _new_record(inputs, encoded, base=base, model_name=name, device=device, dtype=dtype)
     record.context_length = context
-    base = _place(base, device, record, config)
+    base = base.to(device)
     _, eos, pad = special_ids(tokenizer)
     run = Run(inputs, base, tokenizer, record, *encoded, device, dtype, pad, eos, context)
     if inputs.evals:
@@ -437,19 +456,6 @@ def _bf16(device: torch.device, config: TrainConfig) -> bool:
     return device.type == "cuda" and config.bf16 and torch.cuda.is_bf16_supported()
 
 
-def _place(base: torch.nn.Module, device: torch.device, record: RunRecord, config: TrainConfig):
-    """The base model on its device, with activation checkpointing when asked for (or, by
-    default, for base models of :data:`CHECKPOINTING_PARAMS` parameters or more)."""
-    base = base.to(device)
-    checkpointing = config.checkpointing
-    if checkpointing is None:
-        checkpointing = record.total_params >= CHECKPOINTING_PARAMS
-    if checkpointing and hasattr(base, "activation_checkpointing_enable"):
-        base.activation_checkpointing_enable({"use_reentrant": False})
-    record.checkpointing = bool(checkpointing)
-    return base
-
-
 def _apply(run: Run) -> None:
     """The method on the base model (seeded), its trainable parameters, and whether the fast
     output head gives the same loss on a probe batch."""
@@ -463,6 +469,65 @@ def _apply(run: Run) -> None:
         run.model, probe[0].to(run.device), probe[1].to(run.device)
     )
     record.fast_head = run.fast
+
+
+def plan_memory(run: Run, progress: Any = None) -> None:
+    """Step 1b: the run's memory plan (:func:`ftscale.finetune.memory.choose_plan`) from its
+    estimated footprint and budget (``max_memory``, else the default share of what is free):
+    the layers it names checkpointed, the plan's line into the record and onto ``progress``."""
+    config, record = run.config, run.record
+    layers = decoder_layers(run.model)
+    if config.max_memory is not None:
+        budget, source = config.max_memory, "max_memory"
+    else:
+        budget, source = default_budget(run.device)
+    plan = choose_plan(_footprint(run, layers), config, budget, source)
+    checkpoint_layers(run.model, layers, plan.checkpointed)
+    record.checkpointing = plan.checkpointed > 0
+    record.checkpointed_layers, record.memory_plan = plan.checkpointed, plan.line()
+    if progress is not None:
+        progress.note(plan.line())
+
+
+def _footprint(run: Run, layers: list[torch.nn.Module]) -> Footprint:
+    """What the run holds and will add, in bytes (see :class:`~ftscale.finetune.memory.
+    Footprint`): activations per token measured on a probe of the first training example's
+    first :data:`~ftscale.finetune.memory.PROBE_TOKENS` tokens, in training mode and precision."""
+    config, model = run.config, run.model
+    ids = torch.tensor([run.train.ids[0][:PROBE_TOKENS]], device=run.device)
+    was_training = model.training
+    model.train()
+    try:
+        with autocast(run.device, run.autocast):
+            per_layer, outside, carry = saved_per_token(
+                model, layers, lambda: final_hidden_states(model, ids), ids.numel()
+            )
+    finally:
+        model.train(was_training)
+    gradients, optimizer = state_bytes(run.params, config.optimizer)
+    host_copy = run.device.type != "cpu" and run.inputs.method.trains_base
+    virtual = run.inputs.method.virtual_tokens
+    largest = sorted(run.train.lengths, reverse=True)[: config.batch_size]
+    targets = sorted(
+        (n - p for n, p in zip(run.train.lengths, run.train.prompt_lengths, strict=True)),
+        reverse=True,
+    )[: config.batch_size]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    chunk = LOGIT_BYTES * vocab * min(sum(targets), HEAD_ROWS)
+    return Footprint(
+        base=held_memory(run.device),
+        weights=weight_bytes(model),
+        gradients=gradients,
+        optimizer=optimizer,
+        best_state=0 if host_copy else gradients,
+        per_layer=tuple(per_layer),
+        outside=outside,
+        carry=carry,
+        tokens=config.batch_size * (max(largest) + virtual),
+        logits=LOGIT_COPIES * chunk,
+        eval=int(config.eval_tokens_per_batch * max(per_layer, default=outside) * EVAL_SHARE)
+        + 2 * LOGIT_BYTES * vocab * HEAD_ROWS,
+    )
 
 
 def _new_record(

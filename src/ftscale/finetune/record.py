@@ -10,7 +10,10 @@ from typing import Any
 
 #: Fields that differ between two runs of one seed (timings, memory); everything else is
 #: reproducible bit for bit on CPU.
+#: Besides timings and peak memory, the memory plan: its default budget follows the memory free
+#: at the start, so the layers it checkpoints may differ between reruns (the numbers do not).
 VOLATILE_FIELDS = ("wall_s", "train_s", "eval_s", "generate_s", "peak_mem_mb")
+VOLATILE_FIELDS += ("memory_plan", "checkpointed_layers", "checkpointing")
 
 
 @dataclass
@@ -89,6 +92,8 @@ class RunRecord:
     batch_size: int = 0
     fast_head: bool = True
     checkpointing: bool = False
+    checkpointed_layers: int = 0
+    memory_plan: str = ""
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 1

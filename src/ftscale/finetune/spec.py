@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import operator
+import re
 import string
 import typing
 from collections.abc import Callable
@@ -74,6 +75,35 @@ def _rate(value: Any) -> Any:
     return float(number)
 
 
+#: Bytes per unit of a memory size: decimal (GB = 10^9 bytes) and binary (GiB = 2^30 bytes).
+MEMORY_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+MEMORY_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([a-z]*)\s*")
+_SIZE_PROBLEM = "must be a positive memory size such as 2GB, 1500MB or 1.5GiB"
+
+
+def _memory_size(value: Any) -> Any:
+    """A memory budget as whole bytes: ``None``, a positive number of bytes, or text with a unit
+    (``2GB``, ``1500 MB``, ``1.5GiB``; GB = 10^9 bytes, GiB = 2^30, no unit: bytes)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(_SIZE_PROBLEM)
+    number, unit = (value, "") if not isinstance(value, str) else _split_size(value)
+    size = number * MEMORY_UNITS[unit]
+    if not (math.isfinite(size) and size >= 1):
+        raise ValueError(_SIZE_PROBLEM)
+    return int(size)
+
+
+def _split_size(text: str) -> tuple[float, str]:
+    match = _SIZE.fullmatch(text.lower())
+    if match is None or match.group(3) not in MEMORY_UNITS:
+        raise ValueError(_SIZE_PROBLEM)
+    digits, exponent, unit = match.groups()
+    return float(digits) * 10.0 ** int(exponent or 0), unit
+
+
 def _off_when_zero(value: Any) -> Any:
     """``0`` means "never" (``--patience 0``); stored as ``None``."""
     return None if value == 0 and not isinstance(value, bool) else value
@@ -89,6 +119,9 @@ Count = Annotated[int, BeforeValidator(_plain_int), Field(strict=True, ge=1)]
 Index = Annotated[int, BeforeValidator(_plain_int), Field(strict=True, ge=0)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Rate = Annotated[float | Literal["auto"] | None, BeforeValidator(_rate)]
+#: Whole bytes once validated; ``str`` is in the type only because that is what a command line
+#: hands over (``--max-memory 2GB``), and the validator turns it into bytes first.
+MemorySize = Annotated[int | str | None, BeforeValidator(_memory_size)]
 
 #: Scopes of a setting: where it may be set, and whether it is part of a job's key.
 #: ``run``: a coordinate of the study's design (the sweeps choose it per run, not ``[train]``);
@@ -191,8 +224,14 @@ class TrainConfig(BaseModel):
     fast_head: bool = setting(True, "Output head on target positions only (checked per run).")
     checkpointing: bool | None = setting(
         None,
-        "Activation checkpointing: less memory, about a third more compute (default: on for "
-        "base models of 50M+ parameters).",
+        "Activation checkpointing of every layer (on) or none (off); default: the memory "
+        "policy checkpoints only as many layers as --max-memory needs.",
+        scope="runtime",
+    )
+    max_memory: MemorySize = setting(
+        None,
+        "Memory budget of the run, e.g. 2GB, 1500MiB (default: what the process holds plus 80% "
+        "of the RAM or GPU memory available); the fastest plan that fits is used.",
         scope="runtime",
     )
 
@@ -276,7 +315,7 @@ LATER_SETTINGS: dict[str, Any] = {
 #: schedule, budget, dev-check spacing, patience, generation) is each member's own.
 PACK_SHARED_SETTINGS = frozenset(
     {"batch_size", "dev_examples", "eval_tokens_per_batch", "device", "bf16", "fast_head"}
-    | {"checkpointing", "eval_examples", "threads"}
+    | {"checkpointing", "max_memory", "eval_examples", "threads"}
 )
 
 #: Defaults of a study's ``[train]`` table where they differ from a single run's: a study runs
