@@ -94,6 +94,7 @@ def run_study(
     check_study_dir(study_dir, study)
     preflight(study, study_dir, cache=cache, executor=name, workers=_workers(runner), yes=yes)
     size = pack_size(config.run.pack if pack is None else pack, config.train.device)
+    fresh = [p for p in (study_dir, study_dir / STORE_FILE) if not p.exists()]
     try:
         study_dir.mkdir(exist_ok=True)
         with locked(study_dir), Store(study_dir / STORE_FILE, create=True) as store:
@@ -102,7 +103,9 @@ def run_study(
                                   progress=progress)
             counts = store.counts()
     except (OSError, sqlite3.OperationalError) as exc:
-        raise _write_error(study_dir, exc) from None
+        error = _write_error(study_dir, exc)
+        _remove_if_empty(fresh)
+        raise error from None
     if counts.get("failed"):
         say(
             f"{counts['failed']} run(s) failed: `ftscale study status {study_dir}` lists them; "
@@ -153,6 +156,28 @@ def _workers(runner) -> int:
     if runner.name == "process":
         return runner.workers(0)
     return max(1, runner.options.workers)
+
+
+def _remove_if_empty(made: list[Path]) -> None:
+    """After a failed write, remove the study directory or store this call made when no run
+    finished in it (a store that could not even take its schema would block the rerun)."""
+    import shutil
+
+    store = next((p for p in made if p.name == STORE_FILE), None)
+    if store is None:
+        return
+    try:
+        with Store(store, readonly=True) as existing:
+            counts = existing.counts()
+        if counts["ok"] + counts["failed"]:
+            return
+    except UserError:
+        pass  # no schema at all: nothing in it
+    if store.parent in made:
+        shutil.rmtree(store.parent, ignore_errors=True)
+        return
+    for path in store.parent.glob(STORE_FILE + "*"):
+        path.unlink(missing_ok=True)
 
 
 def _write_error(study_dir: Path, exc: BaseException) -> UserError:

@@ -83,6 +83,11 @@ class Store:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
             problem = self.db.execute("PRAGMA quick_check").fetchone()[0] if tables else "ok"
+        except sqlite3.OperationalError:
+            self._close_quietly()
+            if create:
+                raise  # could not write (a full disk, a read-only folder): the caller says so
+            raise UserError(f"{self.path}: cannot be read as a study store") from None
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
             raise UserError(f"{self.path}: not a study store ({first_line(exc)})") from None
@@ -336,9 +341,10 @@ def _json(text: str, path: Path, where: str) -> Any:
     try:
         return json.loads(text)
     except (TypeError, ValueError):
+        fix = "runs the run again" if where.startswith("run ") else "writes it again"
         raise UserError(
             f"{path}: {where} is not valid JSON (the store was changed outside ftscale); "
-            "`ftscale study run` runs such runs again"
+            f"`ftscale study run` {fix}"
         ) from None
 
 
