@@ -283,6 +283,15 @@ class RunSection(_Strict):
     num_cpus: Annotated[float, Field(gt=0)] = 1.0
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
 
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, name: str) -> str:
+        from ftscale.study.executors import available_executors
+
+        if name not in available_executors():
+            raise ValueError(f"unknown (known: {', '.join(available_executors())})")
+        return name
+
 
 class StudyConfig(_Strict):
     """A study file (see the module docs and ``docs/study.md``)."""

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import sys
@@ -161,8 +162,6 @@ def _workers(runner) -> int:
 def _remove_if_empty(made: list[Path]) -> None:
     """After a failed write, remove the study directory or store this call made when no run
     finished in it (a store that could not even take its schema would block the rerun)."""
-    import shutil
-
     store = next((p for p in made if p.name == STORE_FILE), None)
     if store is None:
         return
@@ -195,8 +194,13 @@ def _write_error(study_dir: Path, exc: BaseException) -> UserError:
             kept = f"; {counts['ok'] + counts['failed']} finished runs are kept in the store"
         except UserError:
             pass
-    return UserError(f"{where}: cannot write: {reason}{kept}; free space or fix the folder, "
-                     "then rerun to resume")
+    try:
+        free = shutil.disk_usage(study_dir if study_dir.is_dir() else study_dir.parent).free
+    except OSError:
+        free = None
+    space = f" ({free:,} bytes free on its disk)" if free is not None and free < 2**24 else ""
+    return UserError(f"{where}: cannot write: {reason}{space}{kept}; free space or fix the "
+                     "folder, then rerun to resume")
 
 
 def _config_options(config) -> ExecutorOptions:
