@@ -313,6 +313,12 @@ STORES = [
         r"meta 'study' is not valid JSON",
     ),
     (
+        "meta json export",
+        _sql("UPDATE meta SET value = '{x' WHERE name = 'config'"),
+        EXPORT,
+        r"meta 'config' is not valid JSON",
+    ),
+    (
         "meta json report",
         _sql("UPDATE meta SET value = '{x' WHERE name = 'config'"),
         REPORT,

@@ -485,6 +485,7 @@ def export_table(study_dir: Path, out: Path) -> int:
 
     suffix = check_export_path(out)
     with open_store(study_dir) as store:
+        store.meta()  # a tampered meta value: one line, as status and report say it
         frame = runs_frame(store.rows())
     frame = frame.drop(columns=["evals"], errors="ignore")
     frame["sweeps"] = frame["sweeps"].map(json.dumps) if len(frame) else frame.get("sweeps")
