@@ -32,6 +32,7 @@ from ftscale.common import first_line
 from ftscale.errors import UserError
 from ftscale.study.config import Study
 from ftscale.study.plan import Plan, estimate_steps, estimate_total, make_plan
+from ftscale.study.store import STORE_FILE, Store
 
 #: Estimated hours of runs above which a study needs ``--yes`` (``study run`` and ``plan``).
 COST_LIMIT_H = 24.0
@@ -43,8 +44,6 @@ TRAIN_BYTES_PER_PARAM = 16
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 #: File held locked while a study directory is being run (one driver per directory).
 LOCK_FILE = ".lock"
-#: File of the results store inside a study directory (as :data:`ftscale.study.store.STORE_FILE`).
-STORE_NAME = "study.sqlite"
 
 
 @dataclass
@@ -263,8 +262,6 @@ def _steps_cause(study: Study) -> str:
 def check_study_dir(study_dir: Path, study: Study) -> None:
     """Fail before writing anything if ``study_dir`` cannot hold this study: not a folder, in a
     missing or unwritable folder, holding another study or other files, or being run now."""
-    from ftscale.study.store import Store
-
     if study_dir.exists() and not study_dir.is_dir():
         raise UserError(f"{study_dir}: exists and is not a directory")
     if not study_dir.parent.is_dir():
@@ -272,7 +269,7 @@ def check_study_dir(study_dir: Path, study: Study) -> None:
     writable = study_dir if study_dir.is_dir() else study_dir.parent
     if not os.access(writable, os.W_OK | os.X_OK):
         raise UserError(f"{study_dir}: cannot write in {writable} (permission denied or read-only)")
-    store = study_dir / STORE_NAME
+    store = study_dir / STORE_FILE
     if store.exists():
         check_unlocked(study_dir)
         with Store(store, readonly=True) as existing:
