@@ -34,10 +34,15 @@ def validation_problems(
     has no path."""
     errors = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")
     out: list[str] = []
+    union_paths: set[str] = set()
     for err in errors:
-        path = ".".join(
-            str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal["))
-        )
+        parts = [str(p) for p in err["loc"]]
+        kept = [p for p in parts if not _is_type_tag(p)]
+        path = ".".join(kept)
+        if len(kept) < len(parts):  # one branch of a union: the first branch's problem is enough
+            if path in union_paths:
+                continue
+            union_paths.add(path)
         if path and where is not None:
             path = where(path)
         message = err["msg"].removeprefix("Value error, ")
@@ -48,6 +53,12 @@ def validation_problems(
         if line not in out:
             out.append(line)
     return "; ".join(out)
+
+
+def _is_type_tag(part: str) -> bool:
+    """A part of a pydantic error location that names a union branch or a validator, not a
+    field (``function-before[...]``, ``literal['max']``, ``dict[str,...]``)."""
+    return part.startswith(("function-", "literal[")) or "[" in part
 
 
 def read_toml(path: str | Path, kind: str) -> dict[str, Any]:

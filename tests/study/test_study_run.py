@@ -197,6 +197,9 @@ def test_plan_validates_offline_and_writes_nothing(source, tmp_path, monkeypatch
     monkeypatch.setenv("FTSCALE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = runner.invoke(app, ["study", "plan", source, "--json"])
+    if source.endswith("pythia.toml"):  # hundreds of CPU hours here: the cost needs --yes
+        assert out.exit_code == 2 and "pass --yes" in out.stderr, out.output
+        out = runner.invoke(app, ["study", "plan", source, "--json", "--yes"])
     assert out.exit_code == 0, out.output
     plan = json.loads(out.stdout)
     assert len(plan["runs"]) > 10

@@ -10,6 +10,12 @@ import typer
 
 from ftscale.errors import UserError
 
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", help="Go ahead although the plan's estimated cost is above the limit."
+    ),
+]
 FileArg = Annotated[
     str | None,
     typer.Argument(help="Study file (TOML) or builtin:NAME; default builtin:quickstart."),
@@ -58,10 +64,11 @@ def run_command(
     ] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the report.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    yes: YesOpt = False,
 ) -> None:
-    """Run a study (resumable: finished runs are skipped); prints the study directory last."""
+    """Run a study (resumable: finished runs are skipped); prints the study directory last.
+    The whole study is checked first: nothing is written when a check fails."""
     from ftscale.study.config import DEFAULT_STUDY, load_study
-    from ftscale.study.executors import make_executor
     from ftscale.study.runner import run_study
 
     members = _pack_option(pack)
@@ -70,7 +77,6 @@ def run_command(
     if address and name != "ray":
         raise UserError("--address is for the ray executor (add --executor ray)")
     options = _executor_options(study.config.run, workers, threads, address)
-    make_executor(name, options)  # unknown executor: fail before writing anything
     summary = run_study(
         study,
         directory if directory is not None else study.default_dir(),
@@ -82,6 +88,7 @@ def run_command(
         progress="none" if quiet else "auto",
         report=not no_report,
         pack=members,
+        yes=yes,
     )
     if not quiet:
         _say_summary(summary)
@@ -130,15 +137,22 @@ def plan_command(
     directory: Annotated[Path | None, typer.Option("--dir", help="Study directory.")] = None,
     cache: Annotated[Path | None, typer.Option(help="Model cache.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    yes: YesOpt = False,
 ) -> None:
-    """Print the runs a study file plans and a rough cost; writes nothing, needs no network."""
+    """Print the runs a study file plans and a rough cost; writes nothing, needs no network.
+    The whole study is checked as `study run` checks it."""
     from ftscale.common import default_workers, threads_per_worker
     from ftscale.study.config import DEFAULT_STUDY, load_study
-    from ftscale.study.plan import estimate_seconds, estimate_total, make_plan
+    from ftscale.study.plan import estimate_seconds, estimate_total
+    from ftscale.study.validate import preflight
 
     study = load_study(file or DEFAULT_STUDY)
     target = directory if directory is not None else study.default_dir()
-    plan = make_plan(study, target, cache)
+    workers = study.config.run.workers or default_workers(64, threads_per_worker())
+    checked = preflight(
+        study, target, cache=cache, executor=study.config.run.executor, workers=workers, yes=yes
+    )
+    plan = checked.plan
     workers = study.config.run.workers or default_workers(len(plan), threads_per_worker())
     total = estimate_total(plan, workers)
     rows = [

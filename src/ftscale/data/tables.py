@@ -71,7 +71,23 @@ def read_table(path: str | Path, *, text: bool = False) -> pd.DataFrame:
         raise UserError(f"{path}: cannot read as {fmt}: {first}") from None
     if frame.empty:
         raise UserError(f"{path}: table has no rows")
+    if fmt in ("csv", "tsv"):
+        _check_header(path, "\t" if fmt == "tsv" else ",")
     return frame
+
+
+def _check_header(path: Path, sep: str) -> None:
+    """Refuse a CSV/TSV header that names one column twice (pandas would quietly rename the
+    second ``test_nll.1``, and a fit would read the first without a word)."""
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle, delimiter=sep), [])
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise UserError(f"{path}: column {name!r} appears twice in the header")
+        seen.add(name)
 
 
 def read_json_records(path: Path) -> pd.DataFrame:

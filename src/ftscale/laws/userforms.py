@@ -38,6 +38,12 @@ EXPR_PREFIX = "expr:"
 MAX_EXPR_PARAMS = 6
 #: Longest formula accepted (a law is a line; this also bounds the parser's recursion).
 MAX_EXPR_CHARS = 400
+#: Deepest nesting of operations and calls (``A / (X^alpha * D^beta) + E`` is 4).
+MAX_EXPR_DEPTH = 16
+#: Largest magnitude of a number written in a formula, or of a part made only of numbers.
+MAX_EXPR_CONSTANT = 1e6
+#: Largest magnitude of a constant exponent (``D^-0.5`` is fine; ``X^400`` overflows every size).
+MAX_EXPR_EXPONENT = 16.0
 _SIZES = {"X": "x", "D": "d"}
 _FUNCTIONS: dict[str, Callable] = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt}
 _BINARY = {
@@ -106,6 +112,7 @@ def expression_form(formula: str) -> LawForm:
         raise UserError(f"--form expr:{text}: the formula is nested too deeply") from None
     names: list[str] = []
     _check(tree.body, text, names)
+    _check_bounds(tree.body, text)
     symbols = [k for k in _SIZES if k in names]  # "X", "D" in the order forms take them
     variables = tuple(_SIZES[k] for k in symbols)
     params = [n for n in names if n not in _SIZES]
@@ -121,7 +128,8 @@ def expression_form(formula: str) -> LawForm:
     body = tree.body
 
     def function(p: Mapping[str, np.ndarray], *sizes: np.ndarray) -> np.ndarray:
-        return _evaluate(body, {**dict(zip(symbols, sizes, strict=True)), **p})
+        with np.errstate(all="ignore"):  # an overflow is inf, fitted as a bad point, not raised
+            return _evaluate(body, {**dict(zip(symbols, sizes, strict=True)), **p})
 
     search = {n: (n.lower() if n[0].isupper() else n) for n in params}
     if len(set(search.values())) != len(search):
@@ -172,6 +180,36 @@ def _check(node: ast.AST, text: str, names: list[str]) -> None:
         )
 
 
+def _check_bounds(node: ast.AST, text: str, depth: int = 0) -> float | None:
+    """Refuse a formula nested deeper than :data:`MAX_EXPR_DEPTH`, a number (or a part made of
+    numbers only, folded here) above :data:`MAX_EXPR_CONSTANT` in magnitude or not finite, and a
+    constant exponent above :data:`MAX_EXPR_EXPONENT`. Returns the folded value of a part made of
+    numbers only, else None."""
+    if depth > MAX_EXPR_DEPTH:
+        raise UserError(f"--form expr:{text}: nested deeper than {MAX_EXPR_DEPTH} levels")
+    children = [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
+    if isinstance(node, ast.Call):
+        children = list(node.args)
+    values = [_check_bounds(c, text, depth + 1) for c in children]
+    power = isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow)
+    if power and values[1] is not None and abs(values[1]) > MAX_EXPR_EXPONENT:
+        raise UserError(
+            f"--form expr:{text}: exponent {values[1]:g} is larger than "
+            f"{MAX_EXPR_EXPONENT:g} in magnitude"
+        )
+    if isinstance(node, ast.Name) or any(v is None for v in values):
+        return None
+    with np.errstate(all="ignore"):
+        value = float(_evaluate(node, {}))
+    if not np.isfinite(value) or abs(value) > MAX_EXPR_CONSTANT:
+        shown = ast.get_source_segment(text.replace("^", "**"), node) or f"{value:g}"
+        raise UserError(
+            f"--form expr:{text}: {shown!r} is {value:g}; numbers in a formula are at most "
+            f"{MAX_EXPR_CONSTANT:g} in magnitude"
+        )
+    return value
+
+
 def _evaluate(node: ast.AST, env: Mapping[str, np.ndarray]):
     """Evaluate a checked formula tree on numpy arrays."""
     if isinstance(node, ast.BinOp):
@@ -180,7 +218,7 @@ def _evaluate(node: ast.AST, env: Mapping[str, np.ndarray]):
         value = _evaluate(node.operand, env)
         return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.Constant):
-        return float(node.value)
+        return np.float64(node.value)  # numpy arithmetic: overflow is inf, never OverflowError
     if isinstance(node, ast.Call):
         return _FUNCTIONS[node.func.id](_evaluate(node.args[0], env))
     return env[node.id]

@@ -22,6 +22,7 @@ ladders of equal vocabulary.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -236,14 +237,21 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def _corpus_fingerprint() -> str:
+    """The built-in corpus's fingerprint, computed once per process (it reads the whole
+    pretraining text; a study asks for its ladder's key several times)."""
+    from ftscale.data.corpus import corpus_fingerprint
+
+    return corpus_fingerprint()
+
+
 def config_key(config: LadderConfig) -> str:
     """The cache key of a ladder: a SHA-256 (16 hex digits) of the config without run-time fields,
     the corpus and code fingerprints (pretrain ladders), the ladder format and ftscale version."""
     payload = config.model_dump(mode="json", exclude={"threads", "workers"})
     if config.kind == "pretrain":
-        from ftscale.data.corpus import corpus_fingerprint
-
-        payload["corpus_fingerprint"] = corpus_fingerprint()
+        payload["corpus_fingerprint"] = _corpus_fingerprint()
         payload["code_fingerprint"] = code_fingerprint()
     payload["ladder_format"] = LADDER_FORMAT
     payload["ftscale_version"] = ftscale.__version__

@@ -99,12 +99,29 @@ class _Sweep(_Strict):
         return values
 
 
+def _distinct_values(values: list | None, what: str = "values") -> list | None:
+    """A list of sweep values: not empty, no value twice (it would plan its runs twice)."""
+    if values is None:
+        return values
+    if not values:
+        raise ValueError(f"must name at least one of the {what} (or leave it out)")
+    twice = sorted({str(v) for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"{twice[0]} appears twice")
+    return values
+
+
 class ModelSizeSweep(_Sweep):
     """Model size: every rung at its final checkpoint. ``holdout``: ``"max"`` (the largest rung,
     as the study), ``"none"`` or a list of rung names."""
 
     methods: list[str] | None = None
     holdout: Literal["max", "none"] | list[str] = "max"
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, values):
+        return _distinct_values(values, "methods")
 
 
 class PretrainingSweep(_Sweep):
@@ -116,6 +133,11 @@ class PretrainingSweep(_Sweep):
     methods: list[str] | None = None
     holdout: Literal["middle", "max", "none"] | list[PositiveInt] = "middle"
 
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, values):
+        return _distinct_values(values, "methods")
+
 
 class PetSizeSweep(_Sweep):
     """PET size on the smallest rung's final checkpoint: ``sizes`` maps a method to its sizes
@@ -124,6 +146,16 @@ class PetSizeSweep(_Sweep):
     sizes: dict[str, list[PositiveInt]] = Field(default_factory=dict)
     holdout: Literal["max", "none"] = "max"
 
+    @field_validator("sizes")
+    @classmethod
+    def _distinct_sizes(cls, sizes: dict) -> dict:
+        for method, values in sizes.items():
+            try:
+                _distinct_values(values, "sizes")
+            except ValueError as exc:
+                raise ValueError(f"{method}: {exc}") from None
+        return sizes
+
 
 class SweepsSection(_Strict):
     """The study's three sweeps; each may be turned off with ``enabled = false``."""
@@ -131,6 +163,16 @@ class SweepsSection(_Strict):
     model_size: ModelSizeSweep = ModelSizeSweep()
     pretraining: PretrainingSweep = PretrainingSweep()
     pet_size: PetSizeSweep = PetSizeSweep()
+
+    @model_validator(mode="after")
+    def _some_sweep(self) -> SweepsSection:
+        pet = self.pet_size.enabled and bool(self.pet_size.sizes)
+        if not (self.model_size.enabled or self.pretraining.enabled or pet):
+            raise ValueError(
+                "every sweep is disabled (or the PET-size sweep has no sizes): the study plans "
+                "no runs"
+            )
+        return self
 
 
 class ExamplesSection(_Strict):
@@ -151,6 +193,16 @@ class ExamplesSection(_Strict):
         if len(set(values)) != len(values):
             raise ValueError(f"values are not distinct: {values}")
         return values
+
+    @field_validator("per_method")
+    @classmethod
+    def _distinct_per_method(cls, table: dict) -> dict:
+        for method, values in table.items():
+            if not values:
+                raise ValueError(f"{method}: must not be empty")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{method}: values are not distinct: {values}")
+        return table
 
     def for_method(self, method: str) -> list[int]:
         """D_f values of ``method``, ascending."""
@@ -235,6 +287,15 @@ class RunSection(_Strict):
     pack: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
     num_cpus: Annotated[float, Field(gt=0)] = 1.0
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, name: str) -> str:
+        from ftscale.study.executors import available_executors
+
+        if name not in available_executors():
+            raise ValueError(f"unknown (known: {', '.join(available_executors())})")
+        return name
 
 
 class StudyConfig(_Strict):
@@ -388,9 +449,39 @@ def _check_against_ladder(config: StudyConfig, ladder, origin: str) -> None:
         for name in held:
             if name not in names:
                 raise UserError(f"{origin}: sweeps.model_size.holdout: no rung {name!r}")
+    _check_pretraining_holdout(config, ladder, origin)
     for name in config.sizes:
         if name not in names:
             raise UserError(f"{origin}: sizes: no rung {name!r} in the ladder")
+
+
+def checkpoint_tokens(ladder, rung: str | None = None) -> list[int] | None:
+    """Pretraining tokens of ``rung``'s checkpoints (default: the first rung) as the ladder config
+    declares them; None when the config does not say (an external model without revisions)."""
+    if ladder.kind == "pretrain":
+        return sorted(set(ladder.recipe.checkpoints) | {ladder.recipe.tokens})
+    rungs = [r for r in ladder.external if rung is None or r.name == rung][:1]
+    if not rungs:
+        return None
+    found = [rev.tokens for rev in rungs[0].revisions or [] if rev.tokens is not None]
+    return sorted(found) or ([rungs[0].tokens] if rungs[0].tokens else None)
+
+
+def _check_pretraining_holdout(config: StudyConfig, ladder, origin: str) -> None:
+    """A list of held-out token counts must name checkpoints the pretraining sweep has."""
+    held = config.sweeps.pretraining.holdout
+    if not isinstance(held, list):
+        return
+    tokens = checkpoint_tokens(ladder, config.sweeps.pretraining.rung)
+    if tokens is None:
+        return
+    for value in held:
+        if value not in tokens:
+            shown = ", ".join(f"{t:,}" for t in tokens)
+            raise UserError(
+                f"{origin}: sweeps.pretraining.holdout: no checkpoint at {value:,} tokens "
+                f"(checkpoints: {shown})"
+            )
 
 
 def _check_methods(config: StudyConfig, origin: str) -> None:
@@ -434,7 +525,7 @@ def canonical_methods(raw: dict) -> dict:
             if isinstance(table, dict) and isinstance(table.get("methods"), list):
                 table["methods"] = [_canonical(m) for m in table["methods"]]
         pet = sweeps.get("pet_size")
-        if isinstance(pet, dict):
+        if isinstance(pet, dict) and "sizes" in pet:
             pet["sizes"] = _canonical_keys(pet.get("sizes"), "sweeps.pet_size.sizes")
         out["sweeps"] = sweeps
     for section, key in (("examples", "per_method"), ("train", "lr")):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from ftscale.common import first_line
 from ftscale.errors import UserError
 from ftscale.study.store import open_store
 
@@ -32,7 +34,13 @@ def analyse_dir(study_dir: str | Path) -> dict:
     with open_store(study_dir) as store:
         rows = store.rows()
         meta = store.meta()
-    return analyse(rows, study_config(meta, study_dir))
+    config = study_config(meta, study_dir)
+    if not any(r["status"] == "ok" for r in rows):
+        raise UserError(
+            f"{study_dir}: no finished run yet ({len(rows)} planned); "
+            "`ftscale study run` runs them"
+        )
+    return analyse(rows, config)
 
 
 def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
@@ -44,5 +52,10 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> di
     out = Path(out_dir) if out_dir is not None else study_dir
     if not out.is_dir():
         raise UserError(f"{out}: no such folder")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: cannot write in it (permission denied or read-only)")
     analysis = analyse_dir(study_dir)
-    return write(analysis, out, f"ftscale study {analysis['study']}")
+    try:
+        return write(analysis, out, f"ftscale study {analysis['study']}")
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the report: {first_line(exc)}") from None

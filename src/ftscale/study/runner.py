@@ -11,6 +11,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
+import shutil
+import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -22,10 +26,9 @@ from ftscale.study.config import Study
 from ftscale.study.executors import ExecutorOptions, make_executor
 from ftscale.study.plan import DATA_FOLDER, Plan, make_plan, materialise_data, pack_runs, pack_size
 from ftscale.study.store import STORE_FILE, Store
+from ftscale.study.validate import LOCK_FILE, check_study_dir, locked_error, preflight
 
-#: File held locked while a study directory is being run (one driver per directory).
-LOCK_FILE = ".lock"
-
+__all__ = ["LOCK_FILE", "RunSummary", "check_study_dir", "locked", "run_study", "status"]
 
 @dataclass
 class RunSummary:
@@ -43,34 +46,23 @@ class RunSummary:
 
 @contextlib.contextmanager
 def locked(study_dir: Path):
-    """Hold the study directory's lock; a second driver gets a one-line error."""
+    """Hold the study directory's lock (``fcntl.flock`` on :data:`LOCK_FILE`, released by the
+    kernel when the process dies, even by SIGKILL); the lock file names the holder, and a second
+    driver gets a one-line error naming it."""
     handle = open(study_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the whole block)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{study_dir}: another `ftscale study run` is using it") from None
+            handle.seek(0)
+            raise locked_error(study_dir, handle.read()) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.ctime()}\n")
+        handle.flush()
         yield
     finally:
         handle.close()
-
-
-def check_study_dir(study_dir: Path, study: Study) -> None:
-    """Fail before writing anything if ``study_dir`` cannot hold this study."""
-    if study_dir.exists() and not study_dir.is_dir():
-        raise UserError(f"{study_dir}: exists and is not a directory")
-    if not study_dir.parent.is_dir():
-        raise UserError(f"{study_dir}: folder {study_dir.parent} does not exist")
-    store = study_dir / STORE_FILE
-    if store.exists():
-        with Store(store) as existing:
-            name = existing.meta().get("study")
-        if name is not None and name != study.name:
-            raise UserError(
-                f"{study_dir}: holds study {name!r}, not {study.name!r} (use another --dir)"
-            )
-    elif study_dir.is_dir() and any(study_dir.iterdir()):
-        raise UserError(f"{study_dir}: not empty and not a study directory (use another --dir)")
 
 
 def run_study(
@@ -85,51 +77,130 @@ def run_study(
     progress: str = "auto",
     report: bool = True,
     pack: int | str | None = None,
+    yes: bool = False,
 ) -> RunSummary:
-    """Run ``study`` into ``study_dir`` (see the module docs). ``progress`` is ``"bar"``,
-    ``"lines"``, ``"none"`` or ``"auto"`` (a bar on a terminal); ``pack`` the runs per pack
-    (None: the study file's ``[run] pack``; see :func:`ftscale.study.plan.pack_size`)."""
+    """Run ``study`` into ``study_dir`` (see the module docs) after checking all of it
+    (:mod:`ftscale.study.validate`: nothing is written when a check fails; ``yes`` accepts a
+    cost above the limit). ``progress`` is ``"bar"``, ``"lines"``, ``"none"`` or ``"auto"`` (a
+    bar on a terminal); ``pack`` the runs per pack (None: the study file's ``[run] pack``; see
+    :func:`ftscale.study.plan.pack_size`). A full disk or a folder that turns read-only is one
+    :class:`UserError` line; every run already stored stays."""
     start = time.perf_counter()
     config = study.config
     options = options or _config_options(config)
-    runner = make_executor(executor or config.run.executor, options)
+    name = executor or config.run.executor
+    runner = make_executor(name, options)
     say = say or (lambda message: None)
     study_dir = Path(study_dir).absolute()
     check_study_dir(study_dir, study)
-    study_dir.mkdir(exist_ok=True)
-    with locked(study_dir), Store(study_dir / STORE_FILE, create=True) as store:
-        _record_study(store, study)
-        plan = _prepare(study, study_dir, store, cache=cache, say=say, progress=progress)
-        plan = _resolve_learning_rates(plan, store, runner, say)
-        store.sync_plan(plan.runs)
-        todo = store.to_run(retry_failed)
-        skipped = len(plan) - len(todo)
+    preflight(study, study_dir, cache=cache, executor=name, workers=_workers(runner), yes=yes)
+    size = pack_size(config.run.pack if pack is None else pack, config.train.device)
+    fresh = [p for p in (study_dir, study_dir / STORE_FILE) if not p.exists()]
+    try:
+        study_dir.mkdir(exist_ok=True)
+        with locked(study_dir), Store(study_dir / STORE_FILE, create=True) as store:
+            summary = _run_locked(study, study_dir, store, runner, size=size,
+                                  retry_failed=retry_failed, cache=cache, say=say,
+                                  progress=progress)
+            counts = store.counts()
+    except (OSError, sqlite3.OperationalError) as exc:
+        error = _write_error(study_dir, exc)
+        _remove_if_empty(fresh)
+        raise error from None
+    if counts.get("failed"):
         say(
-            f"study {study.name}: {len(plan)} runs planned, {skipped} already in the store, "
-            f"{len(todo)} to run on {runner.describe(len(todo))}"
+            f"{counts['failed']} run(s) failed: `ftscale study status {study_dir}` lists them; "
+            "rerun with --retry-failed to try them again"
         )
-        size = pack_size(config.run.pack if pack is None else pack, config.train.device)
-        outcomes = _execute(store, runner, todo, plan, progress=progress, say=say, size=size)
-        counts = store.counts()
-    summary = RunSummary(
+    if report and counts.get("ok"):
+        from ftscale.study.reporting import write_report
+
+        summary.report = {k: str(v) for k, v in write_report(study_dir).items()}
+    elif report:
+        say("no run finished: no report written")
+    summary.wall_s = time.perf_counter() - start
+    return summary
+
+
+def _run_locked(study, study_dir, store, runner, *, size, retry_failed, cache, say,
+                progress) -> RunSummary:
+    """The body of :func:`run_study` once the directory is locked and the store open."""
+    _record_study(store, study)
+    bad = store.unreadable()
+    if bad:
+        store.reset_runs(bad)
+        say(f"{len(bad)} run(s) had a record that cannot be read; running them again: "
+            + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else ""))
+    plan = _prepare(study, study_dir, store, cache=cache, say=say, progress=progress)
+    plan = _resolve_learning_rates(plan, store, runner, say)
+    store.sync_plan(plan.runs)
+    todo = store.to_run(retry_failed)
+    skipped = len(plan) - len(todo)
+    say(
+        f"study {study.name}: {len(plan)} runs planned, {skipped} already in the store, "
+        f"{len(todo)} to run on {runner.describe(len(todo))}"
+    )
+    outcomes = _execute(store, runner, todo, plan, progress=progress, say=say, size=size)
+    return RunSummary(
         study_dir=study_dir,
         planned=len(plan),
         ran=len(outcomes),
         ok=sum(o == "ok" for o in outcomes.values()),
         failed=sum(o != "ok" for o in outcomes.values()),
         skipped=skipped,
-        wall_s=time.perf_counter() - start,
+        wall_s=0.0,
     )
-    if counts.get("failed"):
-        say(
-            f"{counts['failed']} run(s) failed: `ftscale study status {study_dir}` lists them; "
-            "rerun with --retry-failed to try them again"
-        )
-    if report:
-        from ftscale.study.reporting import write_report
 
-        summary.report = {k: str(v) for k, v in write_report(study_dir).items()}
-    return summary
+
+def _workers(runner) -> int:
+    """Parallel runs for the cost estimate: the process pool's workers, else the option, 1."""
+    if runner.name == "process":
+        return runner.workers(0)
+    return max(1, runner.options.workers)
+
+
+def _remove_if_empty(made: list[Path]) -> None:
+    """After a failed write, remove the study directory or store this call made when no run
+    finished in it (a store that could not even take its schema would block the rerun)."""
+    store = next((p for p in made if p.name == STORE_FILE), None)
+    if store is None:
+        return
+    try:
+        with Store(store, readonly=True) as existing:
+            counts = existing.counts()
+        if counts["ok"] + counts["failed"]:
+            return
+    except UserError:
+        pass  # no schema at all: nothing in it
+    if store.parent in made:
+        shutil.rmtree(store.parent, ignore_errors=True)
+        return
+    for path in store.parent.glob(STORE_FILE + "*"):
+        path.unlink(missing_ok=True)
+
+
+def _write_error(study_dir: Path, exc: BaseException) -> UserError:
+    """A write that failed (full disk, read-only folder, permissions) as one line."""
+    from ftscale.common import first_line
+
+    reason = getattr(exc, "strerror", None) or first_line(exc)
+    where = getattr(exc, "filename", None) or study_dir
+    kept = ""
+    store = study_dir / STORE_FILE
+    if store.is_file():
+        try:
+            with Store(store, readonly=True) as existing:
+                counts = existing.counts()
+            kept = f"; {counts['ok'] + counts['failed']} finished runs are kept in the store"
+        except UserError:
+            pass
+    try:
+        free = shutil.disk_usage(study_dir if study_dir.is_dir() else study_dir.parent).free
+    except OSError:
+        free = None
+    space = f" ({free:,} bytes free on its disk)" if free is not None and free < 2**24 else ""
+    return UserError(f"{where}: cannot write: {reason}{space}{kept}; free space or fix the "
+                     "folder, then rerun to resume")
 
 
 def _config_options(config) -> ExecutorOptions:
@@ -175,7 +246,12 @@ def _build_ladder(study: Study, cache, say, progress: str) -> None:
         return
     say(f"building ladder {study.ladder.name} (base models; cached for later studies)")
     t0 = time.perf_counter()
-    path, _ = build_ladder(study.ladder, cache, progress=progress != "none" and _tty(progress))
+    try:
+        path, _ = build_ladder(study.ladder, cache, progress=progress != "none" and _tty(progress))
+    except (OSError, RuntimeError) as exc:  # a full disk, a folder gone read-only, memory
+        from ftscale.common import first_line
+
+        raise UserError(f"ladder {study.ladder.name}: build failed: {first_line(exc)}") from None
     say(f"ladder built in {time.perf_counter() - t0:.0f} s: {path}")
 
 
@@ -409,6 +485,7 @@ def export_table(study_dir: Path, out: Path) -> int:
 
     suffix = check_export_path(out)
     with open_store(study_dir) as store:
+        store.meta()  # a tampered meta value: one line, as status and report say it
         frame = runs_frame(store.rows())
     frame = frame.drop(columns=["evals"], errors="ignore")
     frame["sweeps"] = frame["sweeps"].map(json.dumps) if len(frame) else frame.get("sweeps")

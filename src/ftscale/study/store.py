@@ -15,7 +15,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from ftscale.common import first_line
 from ftscale.errors import UserError
 
 #: File name of the store inside a study directory.
@@ -66,34 +68,73 @@ CREATE TABLE IF NOT EXISTS meta (
 class Store:
     """The study's SQLite store (see the module docs). Use as a context manager or ``close()``."""
 
-    def __init__(self, path: str | Path, *, create: bool = False) -> None:
+    def __init__(self, path: str | Path, *, create: bool = False, readonly: bool = False) -> None:
+        """Open the store at ``path``: ``create`` makes the file and schema (``study run``);
+        ``readonly`` opens it with SQLite's ``mode=ro`` (status, export, report, recommend:
+        nothing is ever written, not even to a foreign or empty file)."""
         self.path = Path(path)
+        self.readonly = readonly and not create
         if not create and not self.path.is_file():
             raise UserError(f"{self.path.parent}: not a study directory (no {STORE_FILE})")
         try:
-            self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db = self._connect()
             if create:
-                with self.transaction():
-                    for statement in SCHEMA.split(";"):
-                        if statement.strip():
-                            self.db.execute(statement)
-                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._create_schema()
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+            problem = self.db.execute("PRAGMA quick_check").fetchone()[0] if tables else "ok"
+        except sqlite3.OperationalError:
+            self._close_quietly()
+            if create:
+                raise  # could not write (a full disk, a read-only folder): the caller says so
+            raise UserError(f"{self.path}: cannot be read as a study store") from None
         except sqlite3.DatabaseError as exc:
-            raise UserError(f"{self.path}: not a study store ({exc})") from None
-        if version != SCHEMA_VERSION or "runs" not in tables:
-            self.db.close()
+            self._close_quietly()
+            raise UserError(f"{self.path}: not a study store ({first_line(exc)})") from None
+        if problem != "ok":
+            self._close_quietly()
+            raise UserError(f"{self.path}: the store is damaged ({problem})")
+        if version != SCHEMA_VERSION or not {"runs", "meta", "lr_searches"} <= tables:
+            self._close_quietly()
             raise UserError(f"{self.path}: not a study store of this ftscale (schema {version})")
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+            db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        else:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        if not self.readonly:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def _create_schema(self) -> None:
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
 
     # -- plumbing ----------------------------------------------------------------------------
     def transaction(self):
         return _Transaction(self.db)
 
     def close(self) -> None:
+        """Close; a writer leaves the file in rollback-journal mode when it is the last user, so
+        a later read-only open (``mode=ro``) finds no WAL to recover and creates no files."""
+        if not self.readonly:
+            try:
+                self.db.execute("PRAGMA busy_timeout=200")  # a reader: do not wait for it
+                self.db.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.Error:
+                pass  # a reader still has it open: it stays in WAL mode
         self.db.close()
 
     def __enter__(self) -> Store:
@@ -113,7 +154,19 @@ class Store:
                 )
 
     def meta(self) -> dict[str, Any]:
-        return {r["name"]: json.loads(r["value"]) for r in self.db.execute("SELECT * FROM meta")}
+        """Every meta value; a one-line error names a value that is not JSON."""
+        return {
+            r["name"]: _json(r["value"], self.path, f"meta {r['name']!r}")
+            for r in self.db.execute("SELECT * FROM meta")
+        }
+
+    def meta_value(self, name: str) -> Any:
+        """One meta value, None when it is missing or not readable (``study run`` rewrites it)."""
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        try:
+            return None if row is None else json.loads(row["value"])
+        except (TypeError, ValueError):
+            return None
 
     # -- runs ----------------------------------------------------------------------------------
     def sync_plan(self, runs: Iterable) -> int:
@@ -212,10 +265,36 @@ class Store:
         out = []
         for row in self.db.execute(f"SELECT * FROM runs{where} ORDER BY rowid"):
             item = dict(row)
-            item["sweeps"] = json.loads(item["sweeps"])
-            item["record"] = json.loads(item["record"]) if item["record"] else None
+            where = f"run {item['key']}"
+            item["sweeps"] = _json(item["sweeps"], self.path, f"{where}: sweeps")
+            record = item["record"]
+            item["record"] = _json(record, self.path, f"{where}: record") if record else None
             out.append(item)
         return out
+
+    def unreadable(self) -> list[str]:
+        """Keys of runs whose stored record or sweeps is not JSON (a tampered store)."""
+        bad = []
+        for row in self.db.execute("SELECT key, sweeps, record FROM runs ORDER BY rowid"):
+            for text in (row["sweeps"], row["record"]):
+                try:
+                    if text is not None:
+                        json.loads(text)
+                except (TypeError, ValueError):
+                    bad.append(row["key"])
+                    break
+        return bad
+
+    def reset_runs(self, keys: Iterable[str]) -> None:
+        """Put runs back to ``pending`` with no record (their record could not be read); their
+        sweeps are rewritten by the next :meth:`sync_plan`."""
+        with self.transaction():
+            for key in keys:
+                self.db.execute(
+                    "UPDATE runs SET status = 'pending', record = NULL, test_nll = NULL, "
+                    "error = NULL, sweeps = '[]' WHERE key = ?",
+                    (key,),
+                )
 
     def counts(self) -> dict[str, int]:
         """Planned runs per status."""
@@ -252,9 +331,21 @@ class Store:
         out = []
         for row in self.db.execute("SELECT * FROM lr_searches ORDER BY created_at"):
             item = dict(row)
-            item["search"] = json.loads(item["search"])
+            item["search"] = _json(item["search"], self.path, f"lr search {item['grp']}")
             out.append(item)
         return out
+
+
+def _json(text: str, path: Path, where: str) -> Any:
+    """``text`` as JSON; a one-line error naming the store and the value otherwise."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        fix = "runs the run again" if where.startswith("run ") else "writes it again"
+        raise UserError(
+            f"{path}: {where} is not valid JSON (the store was changed outside ftscale); "
+            f"`ftscale study run` {fix}"
+        ) from None
 
 
 class _Transaction:
@@ -281,4 +372,4 @@ def open_store(study_dir: str | Path) -> Store:
         raise UserError(f"{study_dir}: no such study directory")
     if not study_dir.is_dir():
         raise UserError(f"{study_dir}: not a directory")
-    return Store(study_dir / STORE_FILE)
+    return Store(study_dir / STORE_FILE, readonly=True)
