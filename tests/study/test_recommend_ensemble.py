@@ -60,3 +60,21 @@ def test_a_clear_winner_is_recommended_alone():
     assert chosen.form == "multiplicative" and not hasattr(chosen, "weights")
     record = _method_record(chosen, np.array([[1e9, 1e5]]), 0.9)
     assert record["form"] == "multiplicative" and "params" in record
+
+
+def test_the_study_records_and_reports_which_prediction_is_used():
+    from ftscale.report.study_report import law_choice_rows
+    from ftscale.study.analysis import law_choice
+
+    fits = [
+        {"method": "fmt", "sweep": "model_size", "form": "multiplicative", "delta_h": 0.01},
+        {"method": "fmt", "sweep": "model_size", "form": "additive", "delta_h": 0.02},
+        {"method": "lora", "sweep": "model_size", "form": "multiplicative", "delta_h": 0.01},
+    ]
+    choices = {c["method"]: c for c in law_choice(fits, {}, 0.95)}
+    assert choices["fmt"]["winner"] is None and choices["fmt"]["prediction"] == "ensemble"
+    assert choices["fmt"]["weights"] == pytest.approx({"multiplicative": 0.8, "additive": 0.2})
+    assert choices["lora"]["prediction"] == "multiplicative" and choices["lora"]["weights"] is None
+    rows = {r[0]: r for r in law_choice_rows({"law_choice": list(choices.values())})}
+    assert rows["fmt"][-1] == "ensemble (additive 0.20, multiplicative 0.80)"
+    assert rows["lora"][-1] == "multiplicative"
