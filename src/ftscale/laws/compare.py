@@ -141,9 +141,7 @@ def fit_table(
         source: name of the table in error messages (e.g. its file name).
         at: sizes to predict at, each ``(D,)`` or ``(X, D)``, with intervals when bootstrapped.
         progress: ``progress(done, total)`` over bootstrap replicates.
-        prediction: each group's default prediction with several forms (``auto``: the form that
-            clearly wins its nested extrapolation, else the ensemble; ``ensemble``, ``selected``
-            or a form's name), see :mod:`ftscale.laws.ensemble`.
+        prediction: each group's default with several forms (:mod:`ftscale.laws.ensemble`).
     """
     resolved, specs = _resolve(forms, x)
     check_prediction(prediction, [f.name for f in resolved])
@@ -158,22 +156,37 @@ def fit_table(
     labels = _labels(columns, groups, len(numbers[y]))
     held = holdout_mask(holdout, columns, labels if groups else None)
     axis = _selection_axis(holdout, x, d)
-    results = Fits()
-    results.group_columns, results.selections, results.ensembles = groups, [], []
-    for part in _groups(columns, labels, groups, held, source):
-        fits = [_fit_one(form, part, roles, specs.get(form.name)) for form in resolved]
-        results.selections.append(_select(resolved, fits, part, columns, axis=axis, space=space))
-        results.extend(fits)
-        combined = build_ensemble(fits, results.selections[-1], prediction=prediction)
-        if combined is not None:
-            results.ensembles.append(combined)
+    parts = _groups(columns, labels, groups, held, source)
+    results = _fit_groups(parts, resolved, specs, roles, columns, axis=axis, prediction=prediction)
+    results.group_columns = groups
     if n_bootstrap:
         bootstrap_results(results, n_bootstrap, seed, progress)
+    _predict_at(results, points)
+    return results
+
+
+def _predict_at(results: Fits, points) -> None:
+    """Every fit's and ensemble's predictions at the requested sizes (the ensembles' mixture
+    bands first, as their members' bootstraps are now in place)."""
     for result in results:
         result.requested = _requested(result, points)
     for combined in results.ensembles:
         attach_bands(combined)
         combined.requested = request(combined, points)
+
+
+def _fit_groups(parts, resolved, specs, roles: _Roles, columns, *, axis, prediction) -> Fits:
+    """Every form fitted to every group, the selection and the ensemble of each group."""
+    results = Fits()
+    results.selections, results.ensembles = [], []
+    for part in parts:
+        fits = [_fit_one(form, part, roles, specs.get(form.name)) for form in resolved]
+        selection = _select(resolved, fits, part, columns, axis=axis, space=roles.space)
+        results.selections.append(selection)
+        results.extend(fits)
+        combined = build_ensemble(fits, selection, prediction=prediction)
+        if combined is not None:
+            results.ensembles.append(combined)
     return results
 
 
