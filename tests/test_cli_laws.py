@@ -329,3 +329,20 @@ def test_errors_give_the_file_row_counted_from_one(tmp_path):
     code, _, err = run("fit", table)
     assert code == 2
     assert "method=b, form power: size 'examples' must be positive, got 0 at row 6" in err
+
+
+def test_fit_reports_the_ensemble_row_and_the_default_prediction(two_method_table):
+    args = ["fit", two_method_table, "--x", "params", "-f", "multiplicative", "-f", "power"]
+    code, out, _ = run(*args, "--holdout", "max:params", "--predict", "1e9,1e4", "--json")
+    assert code == 0
+    document = json.loads(out)
+    ensembles = {e["group"]: e for e in document["ensemble"]}
+    assert set(ensembles) == {"fmt", "lora"}
+    for e in ensembles.values():
+        assert sum(e["weights"].values()) == pytest.approx(1.0)
+        assert e["used"] in ("ensemble", "multiplicative", "power") and e["reason"]
+        assert e["predictions"][0]["predicted"] > 0
+    code, out, _ = run(*args, "--holdout", "max:params", "--prediction", "ensemble")
+    assert code == 0
+    assert "default prediction for fmt: ensemble (--prediction ensemble)" in out
+    assert "ensemble" in out and "weights" in out

@@ -71,6 +71,15 @@ CASES = [
     ("thousands separator", ["fit", "{comma}"], r"'test_nll' .*numbers, got '1,000' at row 1"),
     ("y is a text column", [*FIT, "--y", "note"], r"'note' must hold numbers, got 'n0' at row 1"),
     ("critical: y is a text column", [*CRIT, "--y", "method"], r"'method' must hold numbers"),
+    # The default prediction names a known choice; saved fits cannot change it.
+    ("prediction unknown", [*FIT, "--prediction", "quartic"], r"--prediction 'quartic': expected"),
+    ("prediction empty", [*FIT, "--prediction", ""], r"--prediction '': expected one of auto"),
+    ("critical prediction unknown", [*CRIT, "--prediction", "best"], r"--prediction 'best'"),
+    (
+        "prediction on saved fits",
+        ["critical", "{saved}", "--prediction", "ensemble"],
+        r"--prediction would be ignored",
+    ),
     # Bootstrap and seed refused up front, the option named.
     ("negative seed", [*FIT, "--seed", "-1", "--bootstrap", "4"], r"--seed must be 0 or more"),
     ("absurd bootstrap", [*FIT, "--bootstrap", "1000000000000"], r"--bootstrap must be between"),

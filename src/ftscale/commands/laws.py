@@ -67,6 +67,15 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Bootstrap seed (0 or more)
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a figure (PNG, PDF, SVG).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+PredictionOpt = Annotated[
+    str,
+    typer.Option(
+        "--prediction",
+        help="Each group's default prediction with several forms: auto (the form that clearly "
+        "wins its nested extrapolation, else the ensemble of the forms), ensemble, selected, "
+        "or a form's name.",
+    ),
+]
 
 
 #: The options both commands share, declared once (see :func:`_table_options`): parameter name ->
@@ -80,6 +89,7 @@ SHARED_OPTIONS = {
     "holdout": (HoldoutOpt, None),
     "bootstrap": (BootOpt, 0),
     "seed": (SeedOpt, 0),
+    "prediction": (PredictionOpt, "auto"),
 }
 
 
@@ -105,7 +115,7 @@ def _table_options(command):
     return run
 
 
-def _fit_options(*, x, d, y, group, space, holdout, bootstrap, seed) -> dict:
+def _fit_options(*, x, d, y, group, space, holdout, bootstrap, seed, prediction) -> dict:
     """The shared options as :func:`ftscale.laws.fit_table` keywords, refused before any file is
     read when the space or the bootstrap cannot work."""
     from ftscale.laws.fit import SPACES
@@ -115,9 +125,8 @@ def _fit_options(*, x, d, y, group, space, holdout, bootstrap, seed) -> dict:
         check_replicates(bootstrap, seed)
     if space not in SPACES:
         raise UserError(f"--space must be one of {', '.join(SPACES)}, got {space!r}")
-    return dict(
-        x=x, d=d, y=y, group=group, space=space, holdout=holdout, n_bootstrap=bootstrap, seed=seed
-    )
+    given = dict(x=x, d=d, y=y, group=group, space=space, holdout=holdout, n_bootstrap=bootstrap)
+    return dict(given, seed=seed, prediction=prediction)
 
 
 def _default_forms(x: str | None) -> list[str]:
@@ -225,11 +234,30 @@ def _fit_table_view(results, title: str) -> Table:
     return grid
 
 
+def _ensemble_rows(grid: Table, ensembles) -> None:
+    """One ``ensemble`` row per group: its weights, Δe and Δh."""
+    for e in ensembles:
+        weights = "  ".join(f"{k}={v:.2f}" for k, v in e.weights.items())
+        mark = "*" if e.used == "ensemble" else ""
+        n_held = int(e.heldout.sum())
+        grid.add_row(
+            str(e.group or "-"),
+            "ensemble",
+            f"weights {weights}",
+            mark or "-",
+            _fmt(e.delta_e, 3),
+            _fmt(e.delta_h, 3),
+            str(len(e.heldout) - n_held),
+            str(n_held),
+        )
+
+
 def _render_fits(results, table: Path, space: str) -> None:
     console = Console()
-    console.print(
-        _fit_table_view(results, f"Scaling-law fits to {table} ({space}-space Huber, Δ in nats)")
-    )
+    grid = _fit_table_view(results, f"Scaling-law fits to {table} ({space}-space Huber, Δ in nats)")
+    ensembles = getattr(results, "ensembles", [])
+    _ensemble_rows(grid, ensembles)
+    console.print(grid)
     chosen = [s for s in results.selections if s.form is not None]
     if chosen and len({r.form for r in results}) > 1:
         console.print(
@@ -238,10 +266,20 @@ def _render_fits(results, table: Path, space: str) -> None:
     for s in results.selections:
         if s.form is None and len({r.form for r in results}) > 1:
             console.print(f"no form chosen for {s.group or 'the table'}: {s.reason}")
+    for e in ensembles:
+        console.print(f"default prediction for {e.group or 'the table'}: {e.used} ({e.reason})")
     for r in results:
         for warning in r.warnings:
             console.print(f"! {r.group or '-'} {r.form}: {warning}", markup=False)
-    for r in results:
+    _render_requested(console, results, ensembles)
+
+
+def _render_requested(console: Console, results, ensembles) -> None:
+    """The predictions at ``--predict`` sizes: every form's, then each ensemble's, the default
+    prediction marked."""
+    used = {e.group: e.used for e in ensembles}
+    for r in [*results, *ensembles]:
+        default = " (default)" if used.get(r.group) == r.form else ""
         for p in r.requested:
             interval = p.get("interval")
             band = f" [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else ""
@@ -249,7 +287,8 @@ def _render_fits(results, table: Path, space: str) -> None:
                 f"{k}={_fmt(v)}" for k, v in p.items() if k not in ("predicted", "interval")
             )
             console.print(
-                f"{r.group or '-'} {r.form}: at {where} predicted {_fmt(p['predicted'])}{band}"
+                f"{r.group or '-'} {r.form}{default}: at {where} predicted "
+                f"{_fmt(p['predicted'])}{band}"
             )
 
 
@@ -323,19 +362,21 @@ def fit(
 _REFITTING = {"--x": "x", "--holdout": "holdout", "--bootstrap": "n_bootstrap", "--group": "group"}
 
 
-def _saved_or_fitted(table, form, options, quiet):
+def _saved_or_fitted(table, forms, options, quiet):
     """Saved fits (refusing the fitting options they cannot use) or fits of a table of runs."""
     data = _read_input(table)
     if isinstance(data, dict):
-        forms = [form] if form else _default_forms(options["x"])
+        forms = forms or _default_forms(options["x"])
         return _fit_columns(table, data, {**options, "forms": forms}, quiet)
     given = [option for option, key in _REFITTING.items() if options[key]]
+    if options["prediction"] != "auto":
+        given.append("--prediction")
     if given:
         raise UserError(
             f"{table} holds saved fits: {', '.join(given)} would be ignored; refit the runs "
             "with `ftscale fit --save` to change them"
         )
-    return [r for r in data if form is None or r.form == form]
+    return [r for r in data if not forms or r.form in forms]
 
 
 def _fit_columns(table, columns, options, quiet):
@@ -354,9 +395,12 @@ def critical(
     table: TableArg,
     *,
     form: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            "--form", "-f", help="Law form (default: multiplicative with --x, else power)."
+            "--form",
+            "-f",
+            help="Law form (default: multiplicative with --x, else power); repeat to combine "
+            "forms (see --prediction).",
         ),
     ] = None,
     options: dict,
@@ -371,17 +415,26 @@ def critical(
 ) -> None:
     """Critical finetuning-data sizes: where two methods' fitted losses cross."""
     from ftscale.laws import critical_points
-    from ftscale.laws.compare import check_critical_inputs
+    from ftscale.laws.compare import check_critical_inputs, default_critical_points
     from ftscale.laws.io import check_outputs
 
     check_outputs({"--plot": plot})
     check_critical_inputs(at, (d_min, d_max))
     results = _saved_or_fitted(table, form, options, quiet)
-    points = critical_points(results, xs=at, d_range=(d_min, d_max), form=form)
+    ensembles = getattr(results, "ensembles", [])
+    if ensembles:
+        points = default_critical_points(results, xs=at, d_range=(d_min, d_max))
+    else:
+        first = form[0] if form else None
+        points = critical_points(results, xs=at, d_range=(d_min, d_max), form=first)
     if json_out:
-        typer.echo(json.dumps({"critical": [p.to_dict() for p in points]}, indent=1))
+        used = [{"group": e.group, "used": e.used, "reason": e.reason} for e in ensembles]
+        document = {"critical": [p.to_dict() for p in points], "prediction": used}
+        typer.echo(json.dumps(document, indent=1))
     else:
         _render_critical(points, results)
+        for e in ensembles:
+            typer.echo(f"default prediction for {e.group or 'the table'}: {e.used} ({e.reason})")
     if plot is not None:
         from ftscale.report.figures import plot_critical
 

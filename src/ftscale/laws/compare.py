@@ -18,6 +18,7 @@ import numpy as np
 from ftscale.common import first_line
 from ftscale.errors import DataError, UserError
 from ftscale.laws.critical import D_RANGE, closed_form, crossings, loss_at
+from ftscale.laws.ensemble import AUTO, attach_bands, build_ensemble, check_prediction, request
 from ftscale.laws.fit import FitWarning, ScalingLaw, Space
 from ftscale.laws.forms import LawForm
 from ftscale.laws.holdout import HoldoutRule, holdout_mask
@@ -119,6 +120,7 @@ def fit_table(
     source: str = "table",
     at: Sequence[Sequence[float]] = (),
     progress: Callable[[int, int], None] | None = None,
+    prediction: str = AUTO,
 ) -> Fits:
     """Fit each form to each group of runs, choose a form per group, evaluate on held-out runs.
 
@@ -139,8 +141,10 @@ def fit_table(
         source: name of the table in error messages (e.g. its file name).
         at: sizes to predict at, each ``(D,)`` or ``(X, D)``, with intervals when bootstrapped.
         progress: ``progress(done, total)`` over bootstrap replicates.
+        prediction: each group's default with several forms (:mod:`ftscale.laws.ensemble`).
     """
     resolved, specs = _resolve(forms, x)
+    check_prediction(prediction, [f.name for f in resolved])
     groups = group_columns(columns, group)
     _check_columns(columns, [y, d, x, *groups], source)
     check_roles(y, d, x)
@@ -152,16 +156,37 @@ def fit_table(
     labels = _labels(columns, groups, len(numbers[y]))
     held = holdout_mask(holdout, columns, labels if groups else None)
     axis = _selection_axis(holdout, x, d)
-    results = Fits()
-    results.group_columns, results.selections = groups, []
-    for part in _groups(columns, labels, groups, held, source):
-        fits = [_fit_one(form, part, roles, specs.get(form.name)) for form in resolved]
-        results.selections.append(_select(resolved, fits, part, columns, axis=axis, space=space))
-        results.extend(fits)
+    parts = _groups(columns, labels, groups, held, source)
+    results = _fit_groups(parts, resolved, specs, roles, columns, axis=axis, prediction=prediction)
+    results.group_columns = groups
     if n_bootstrap:
         bootstrap_results(results, n_bootstrap, seed, progress)
+    _predict_at(results, points)
+    return results
+
+
+def _predict_at(results: Fits, points) -> None:
+    """Every fit's and ensemble's predictions at the requested sizes (the ensembles' mixture
+    bands first, as their members' bootstraps are now in place)."""
     for result in results:
         result.requested = _requested(result, points)
+    for combined in results.ensembles:
+        attach_bands(combined)
+        combined.requested = request(combined, points)
+
+
+def _fit_groups(parts, resolved, specs, roles: _Roles, columns, *, axis, prediction) -> Fits:
+    """Every form fitted to every group, the selection and the ensemble of each group."""
+    results = Fits()
+    results.selections, results.ensembles = [], []
+    for part in parts:
+        fits = [_fit_one(form, part, roles, specs.get(form.name)) for form in resolved]
+        selection = _select(resolved, fits, part, columns, axis=axis, space=roles.space)
+        results.selections.append(selection)
+        results.extend(fits)
+        combined = build_ensemble(fits, selection, prediction=prediction)
+        if combined is not None:
+            results.ensembles.append(combined)
     return results
 
 
@@ -414,6 +439,42 @@ def critical_points(
         )
     out = []
     for first, second in itertools.combinations(fits.values(), 2):
+        out += _pair_points(first, second, xs=xs, d_range=d_range, level=level)
+    return out
+
+
+def default_laws(results: Fits) -> list:
+    """Each group's default prediction (:mod:`ftscale.laws.ensemble`): its ensemble, or the fit
+    of the form it uses; a group without an ensemble (one form) gives its first fit."""
+    ensembles = {e.group: e for e in getattr(results, "ensembles", [])}
+    out = {}
+    for r in results:
+        e = ensembles.get(r.group)
+        if e is not None and e.used == "ensemble":
+            out[r.group] = e
+        elif r.group not in out or (e is not None and r.form == e.used):
+            out[r.group] = r
+    return list(out.values())
+
+
+def default_critical_points(
+    results: Fits,
+    *,
+    xs: Sequence[float] | None = None,
+    d_range: tuple[float, float] = D_RANGE,
+    level: float = LEVEL,
+) -> list[CriticalPoint]:
+    """Critical D_f between every pair of groups' default predictions (:func:`default_laws`):
+    an ensemble's crossings are those of its weighted mean law (no crossing interval yet)."""
+    check_critical_inputs(xs, d_range)
+    chosen = default_laws(results)
+    if len(chosen) < 2:
+        raise UserError(
+            f"critical points need fits of at least two groups, got {len(chosen)} (group the "
+            f"runs with --group COL; the default is {DEFAULT_GROUP!r})"
+        )
+    out = []
+    for first, second in itertools.combinations(chosen, 2):
         out += _pair_points(first, second, xs=xs, d_range=d_range, level=level)
     return out
 

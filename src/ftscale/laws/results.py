@@ -203,16 +203,7 @@ class FitResult:
 
     def coverage(self) -> dict | None:
         """Share of held-out runs inside their prediction interval (None without bands)."""
-        if self.bands is None:
-            return None
-        held = self.heldout & np.isfinite(self.bands).all(axis=1)
-        inside = (self.bands[:, 0] <= self.observed) & (self.observed <= self.bands[:, 1])
-        n = int(held.sum())
-        return {
-            "level": self.level,
-            "heldout": float(inside[held].mean()) if n else None,
-            "n": n,
-        }
+        return band_coverage(self.bands, self.observed, self.heldout, self.level)
 
     def to_dict(self, points: bool = False) -> dict:
         """The JSON record of ``ftscale fit --json`` (``points=True`` adds per-run predictions)."""
@@ -296,18 +287,31 @@ class FitResult:
         return result
 
 
+def band_coverage(bands, observed: np.ndarray, heldout: np.ndarray, level: float) -> dict | None:
+    """Share of held-out runs inside their interval ``bands`` (n, 2) (None without bands)."""
+    if bands is None:
+        return None
+    held = heldout & np.isfinite(bands).all(axis=1)
+    inside = (bands[:, 0] <= observed) & (observed <= bands[:, 1])
+    n = int(held.sum())
+    return {"level": level, "heldout": float(inside[held].mean()) if n else None, "n": n}
+
+
 class Fits(list):
     """The :class:`FitResult` list of :func:`~ftscale.laws.fit_table`, with the form selection
-    per group."""
+    per group and, with several forms, each group's ensemble
+    (:class:`~ftscale.laws.ensemble.EnsembleResult`, its default prediction included)."""
 
     selections: list[Selection]
     group_columns: list[str]
+    ensembles: list
 
     def to_dict(self, points: bool = True) -> dict:
         """The JSON document of ``ftscale fit --json`` / ``--save``."""
         return {
             "fits": [r.to_dict(points=points) for r in self],
             "selection": [s.to_dict() for s in getattr(self, "selections", [])],
+            "ensemble": [e.to_dict(points=points) for e in getattr(self, "ensembles", [])],
             "group_columns": list(getattr(self, "group_columns", [])),
         }
 

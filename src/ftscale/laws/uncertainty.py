@@ -98,19 +98,25 @@ class Bootstrap:
 
         Without ``residuals`` this is a confidence interval of the law's curve (the spread of the
         refits). With the full fit's residuals on its runs (in the fit's space) it is a
-        *prediction* interval for a new run: each replicate's prediction gets one residual drawn
-        from them, inflated by sqrt(n / (n - p)) for the parameters fitted (Davison and Hinkley
-        1997, section 6.3), so the interval covers the run-to-run noise as well.
+        *prediction* interval for a new run (see :meth:`predictive_draws`).
         """
         percentile_interval(np.zeros(1), level)  # validates the level
+        draws = self.predictive_draws(X, residuals=residuals)
+        tail = (1 - level) / 2 * 100
+        return np.percentile(draws, tail, axis=0), np.percentile(draws, 100 - tail, axis=0)
+
+    def predictive_draws(self, X, *, residuals: np.ndarray | None = None) -> np.ndarray:
+        """Draws of the loss at sizes ``X``, shape (n_fitted, n): each fitted replicate's
+        prediction, and with the full fit's ``residuals`` (in its space) one residual drawn from
+        them per draw, inflated by sqrt(n / (n - p)) for the parameters fitted (Davison and
+        Hinkley 1997, section 6.3), so that the draws carry the run-to-run noise as well."""
         draws = self.predict(X)
         if residuals is not None and residuals.size and draws.size:
             r = np.asarray(residuals, float)
             r = (r - r.mean()) * np.sqrt(r.size / max(1, r.size - len(self.law.theta_)))
             picks = np.random.default_rng([self.seed, 1 << 30]).choice(r, size=draws.shape)
             draws = draws * np.exp(picks) if self.law.space == "log" else draws + picks
-        tail = (1 - level) / 2 * 100
-        return np.percentile(draws, tail, axis=0), np.percentile(draws, 100 - tail, axis=0)
+        return draws
 
 
 def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:

@@ -78,13 +78,31 @@ def law_choice_rows(analysis: dict) -> list[list[str]]:
             )
             for d in c["differences"]
         )
-        rows.append(
-            [c["method"], c["sweep"], c["best"], diffs or "-", c["winner"] or "no clear winner"]
-        )
+        winner = c["winner"] or "no clear winner"
+        rows.append([c["method"], c["sweep"], c["best"], diffs or "-", winner, _prediction(c)])
     return rows
 
 
-LAW_HEADER = ["method", "sweep", "lowest Delta_h", "Delta_h difference (interval)", "winner"]
+def _prediction(choice: dict) -> str:
+    """The prediction ``ftscale recommend`` uses for a law choice: a form, or the ensemble with
+    its weights (``-`` for analyses from before it was recorded)."""
+    used = choice.get("prediction")
+    if used is None:
+        return "-"
+    weights = choice.get("weights")
+    if not weights:
+        return str(used)
+    return f"{used} ({', '.join(f'{k} {v:.2f}' for k, v in weights.items())})"
+
+
+LAW_HEADER = [
+    "method",
+    "sweep",
+    "lowest Delta_h",
+    "Delta_h difference (interval)",
+    "winner",
+    "prediction used",
+]
 
 
 def _level(analysis: dict) -> str:

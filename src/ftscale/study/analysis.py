@@ -924,9 +924,28 @@ def law_choice(fits: list[dict], samples: dict, level: float) -> list[dict]:
                 "best": form,
                 "differences": differences,
                 "winner": form if clear else None,
+                **_default_prediction(form if clear else None, [*rivals, *_best_fit(fits, key)]),
             }
         )
     return out
+
+
+def _best_fit(fits: list[dict], key: str) -> list[dict]:
+    """The fits of one ``method/sweep`` key with the form of lowest Delta_h."""
+    best = best_forms(fits)[key]
+    return [f for f in fits if f"{f['method']}/{f['sweep']}" == key and f["form"] == best][:1]
+
+
+def _default_prediction(winner: str | None, fits: list[dict]) -> dict:
+    """The prediction ``ftscale recommend`` makes for one method and sweep: the clear winner,
+    else with several forms their ensemble (:mod:`ftscale.laws.ensemble`) weighted by their
+    Delta_h, the leave-largest-out error."""
+    from ftscale.laws.ensemble import ENSEMBLE, ensemble_weights
+
+    if winner is not None or len(fits) < 2:
+        return {"prediction": winner or fits[0]["form"], "weights": None}
+    weights = ensemble_weights({f["form"]: f["delta_h"] for f in fits})
+    return {"prediction": ENSEMBLE if weights else fits[0]["form"], "weights": weights or None}
 
 
 def convergence(frame: pd.DataFrame) -> list[dict]:

@@ -1,11 +1,13 @@
 """Which finetuning method to use at a given base-model size and data size (beyond the paper).
 
-From a study's model-size fits (the form with the lowest held-out error per method, else the
-first), for a base model of N non-embedding parameters and D_f examples: each method's predicted
-test NLL with a bootstrap interval, the critical data sizes around D_f (where two methods swap
-order), and the best method. With a target loss: the D_f each method needs (solved on its law)
-and the training time that takes, extrapolated from the store's measured training seconds
-(seconds per example per parameter, the median over the method's runs).
+From a study's model-size fits (per method the form with the lowest held-out error, or, where
+the study's law choice finds no clear winner among several forms, their ensemble weighted by
+their held-out errors: :mod:`ftscale.laws.ensemble`), for a base model of N non-embedding
+parameters and D_f examples: each method's predicted test NLL with a bootstrap interval, the
+critical data sizes around D_f (where two methods swap order), and the best method. With a target
+loss: the D_f each method needs (solved on its law) and the training time that takes,
+extrapolated from the store's measured training seconds (seconds per example per parameter, the
+median over the method's runs).
 """
 
 from __future__ import annotations
@@ -47,19 +49,43 @@ def _analysis(study_dir: Path) -> dict:
 
 
 def _choose(analysis: dict) -> dict:
-    """Per method, the model-size fit (a :class:`~ftscale.laws.FitResult`) of the form with the
-    lowest held-out error, else the first."""
+    """Per method, the model-size prediction: where the study's law choice found no clear winner
+    among several forms (``law_choice``), the ensemble of the forms
+    (:class:`~ftscale.laws.ensemble.EnsembleResult`); else the fit (a
+    :class:`~ftscale.laws.FitResult`) of the form with the lowest held-out error, else the
+    first."""
     from ftscale.laws import FitResult
 
     best = analysis.get("best_forms", {})
-    chosen: dict[str, dict] = {}
+    per: dict[str, dict[str, dict]] = {}
     for f in analysis["fits"]:
-        if f["sweep"] != "model_size":
-            continue
-        wanted = best.get(f"{f['method']}/model_size")
-        if f["method"] not in chosen or f["form"] == wanted:
-            chosen[f["method"]] = f
-    return {method: FitResult.from_dict(entry) for method, entry in chosen.items()}
+        if f["sweep"] == "model_size":
+            per.setdefault(f["method"], {}).setdefault(f["form"], f)
+    choice = {c["method"]: c for c in analysis.get("law_choice", []) if c["sweep"] == "model_size"}
+    chosen = {}
+    for method, forms in per.items():
+        fits = {form: FitResult.from_dict(entry) for form, entry in forms.items()}
+        ensemble = None
+        if len(fits) > 1 and method in choice and choice[method]["winner"] is None:
+            ensemble = _ensemble(method, list(fits.values()))
+        wanted = best.get(f"{method}/model_size")
+        chosen[method] = ensemble or fits.get(wanted) or next(iter(fits.values()))
+    return chosen
+
+
+def _ensemble(method: str, fits: list):
+    """The ensemble of one method's model-size fits, weighted by their leave-largest-out error
+    (the study's Delta_h on its held-out largest model: the evidence of how each form
+    extrapolates in model size); None when no form has one."""
+    from ftscale.laws.ensemble import build_ensemble
+    from ftscale.laws.selection import Selection
+
+    scores = {r.form: r.delta_h for r in fits}
+    evidence = Selection(method, None, "nonembedding_params", "max", scores=scores)
+    ensemble = build_ensemble(fits, evidence, prediction="ensemble")
+    if ensemble is not None:
+        ensemble.reason = "no form clearly wins the study's law choice (Delta_h intervals overlap)"
+    return ensemble
 
 
 def _seconds_per_unit(study_dir: Path) -> dict[str, float]:
@@ -96,16 +122,7 @@ def recommend(
     point = np.array([[model_size, examples]])
     methods = {}
     for method, fit in fits.items():
-        interval = None
-        if fit.bootstrap is not None:
-            lo, hi = fit.bootstrap.predict_interval(point, level)
-            interval = [float(lo[0]), float(hi[0])]
-        methods[method] = {
-            "form": fit.form,
-            "predicted_loss": float(fit.law.predict(point)[0]),
-            "interval": interval,
-            "params": dict(fit.law.params_),
-        }
+        methods[method] = _method_record(fit, point, level)
     best = min(methods, key=lambda m: methods[m]["predicted_loss"])
     sizes = np.concatenate([f.sizes for f in fits.values()])
     (x_lo, d_lo), (x_hi, d_hi) = sizes.min(axis=0), sizes.max(axis=0)
@@ -124,6 +141,29 @@ def recommend(
             fits, model_size, target_loss, _seconds_per_unit(study_dir)
         )
     return result
+
+
+def _method_record(fit, point: np.ndarray, level: float) -> dict:
+    """One method's prediction at ``point``: its form (or ``ensemble`` with the weights), the
+    predicted loss and its interval (an ensemble's: the mixture of its forms' predictive
+    draws)."""
+    interval = None
+    if getattr(fit, "weights", None) is not None:
+        mixture = fit.predict_interval(point, level)
+        if mixture is not None:
+            interval = [float(mixture[0][0]), float(mixture[1][0])]
+        extra = {"weights": dict(fit.weights), "reason": fit.reason}
+    else:
+        if fit.bootstrap is not None:
+            lo, hi = fit.bootstrap.predict_interval(point, level)
+            interval = [float(lo[0]), float(hi[0])]
+        extra = {"params": dict(fit.law.params_)}
+    return {
+        "form": fit.form,
+        "predicted_loss": float(fit.law.predict(point)[0]),
+        "interval": interval,
+        **extra,
+    }
 
 
 def _critical(fits: dict, x: float) -> list[dict]:
@@ -173,9 +213,11 @@ def render(result: dict) -> str:
     for method, m in sorted(result["methods"].items(), key=lambda kv: kv[1]["predicted_loss"]):
         iv = m["interval"]
         shown = f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else ""
-        lines.append(
-            f"  {method:<8} predicted test NLL {m['predicted_loss']:.4f}{shown} ({m['form']} law)"
-        )
+        law = f"{m['form']} law"
+        if "weights" in m:
+            weights = ", ".join(f"{k} {v:.2f}" for k, v in m["weights"].items())
+            law = f"ensemble of {weights}: {m['reason']}"
+        lines.append(f"  {method:<8} predicted test NLL {m['predicted_loss']:.4f}{shown} ({law})")
     for c in result["critical"]:
         where = ", ".join(f"{v:,.0f}" for v in c["crossings"]) or "none in range"
         lines.append(f"  {c['first']} = {c['second']} at D_f: {where}")
