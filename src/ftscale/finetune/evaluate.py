@@ -62,7 +62,9 @@ def head_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor)
     chunk at a time through the module itself, which bounds evaluation's logits; in training
     autograd then keeps every chunk's logits, as an unchunked head would.
     """
-    if type(head) is torch.nn.Linear and hidden.shape[0] > HEAD_ROWS:
+    # F.linear_cross_entropy is new in torch 2.13; older releases take the slicing path.
+    fused = hasattr(F, "linear_cross_entropy")
+    if fused and type(head) is torch.nn.Linear and hidden.shape[0] > HEAD_ROWS:
         options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=HEAD_ROWS)
         return F.linear_cross_entropy(
             hidden, head.weight, targets, linear_bias=head.bias, reduction="sum", options=options

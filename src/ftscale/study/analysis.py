@@ -692,7 +692,8 @@ def _shown(c: dict) -> str:
     if c["interval"] is None:
         return f"{c['label']} {estimate} ({c['why']}): {c['verdict']}"
     low, high = c["interval"]
-    return f"{c['label']} {estimate} [{low:.3g}, {high:.3g}]: {c['verdict']}"
+    why = f" ({c['why']})" if c["why"] else ""
+    return f"{c['label']} {estimate} [{low:.3g}, {high:.3g}]{why}: {c['verdict']}"
 
 
 @register_finding(1)
