@@ -224,7 +224,7 @@ def test_sigint_stops_workers_and_leaves_nothing_running(tiny):
     assert proc.returncode == code, err[-2000:]
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith("ftscale: interrupted; ") and "runs are in the store" in lines[-1]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a loaded machine can take seconds to reap a pool
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in workers), "worker processes outlived the driver"
