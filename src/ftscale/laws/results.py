@@ -344,8 +344,8 @@ def not_identified(
     is judged between exponents only: a prefactor always moves with its exponent (log A with
     alpha, as X is not centred), which says nothing about what the data pin."""
     out: dict[str, str] = {}
-    for name, values in samples.items():
-        reason = _unpinned(name, params[name], values, intervals[name], min_loss, name in log_names)
+    for name in samples:
+        reason = _unpinned(name, params[name], intervals[name], min_loss, name in log_names)
         if reason:
             out[name] = reason
     names = [n for n in samples if n not in out and n not in log_names]
@@ -359,7 +359,7 @@ def not_identified(
     return out
 
 
-def _unpinned(name: str, value: float, values, interval, min_loss: float, log: bool) -> str:
+def _unpinned(name: str, value: float, interval, min_loss: float, log: bool) -> str:
     low, high = interval
     if name == "E" and value < E_FLOOR * min_loss:
         return f"E collapsed to its bound ({value:.2g}, the loss floor is not resolved)"

@@ -380,7 +380,7 @@ def fit_noise(fit: SweepFit, seeds: dict) -> np.ndarray:
     n = np.asarray(fit.seeds, float)[fitted]
     noise = parametric_noise(residuals, n_params, seeds["sd"], n)
     rms = float(parametric_noise(residuals, n_params)[0]) if residuals.size else 0.0
-    own = (seeds["sd"] or 0.0) / np.sqrt(n)
+    own = (seeds["sd"] or 0.0) / np.sqrt(n)  # the seed part of each point's noise
     fit.noise = {
         "seed_sd": seeds["sd"],
         "seed_dof": seeds["dof"],
