@@ -269,7 +269,6 @@ def real_worker(which: str, method_name: str, folder: str, steps: int, threads: 
     ``which``: ``ftscale`` (default budget), ``capped`` (``--max-memory 2GB``) or ``trainer``."""
     from ftscale.data.tasks import load_task
     from ftscale.errors import UserError
-    from ftscale.finetune.memory import return_freed_memory
 
     torch.set_num_threads(threads)
     train = load_task("builtin:en-de", "train")[:200]
@@ -278,7 +277,6 @@ def real_worker(which: str, method_name: str, folder: str, steps: int, threads: 
     rate = REAL_RATES[method_name]
     plan = ""
     if which in ("ftscale", "capped"):
-        return_freed_memory()  # what `ftscale finetune` does
         config = TrainConfig(
             max_steps=steps,
             batch_size=8,

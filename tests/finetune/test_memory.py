@@ -162,3 +162,20 @@ def test_cli_budget_too_small_is_one_line_exit_2(model_dir, data_files, tmp_path
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("ftscale: error: --max-memory 1000000 bytes")
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_the_allocator_returns_freed_memory_only_for_large_models():
+    """A model of 64 MiB of weights or more returns freed tensors to the system; a smaller one
+    keeps them in the heap (no glibc: nothing is set, and the answer says so)."""
+    import sys
+
+    from ftscale.finetune.memory import LARGE_WEIGHTS, set_allocator
+
+    try:
+        if not sys.platform.startswith("linux"):
+            assert set_allocator(0) is None
+            return
+        assert set_allocator(LARGE_WEIGHTS) == "return"
+        assert set_allocator(LARGE_WEIGHTS - 1) == "reuse"
+    finally:
+        set_allocator(0)  # the tests' tiny models: the heap, as their runs set it anyway

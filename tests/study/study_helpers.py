@@ -79,6 +79,10 @@ def write_study(path: Path, changes: dict, pet_sizes: dict | None = None) -> Pat
     return path
 
 
+#: Training for the studies that test the machinery (resume, kills, executors), not convergence:
+#: a fixed budget of two epochs (at least 4 steps) with two dev checks, a few seconds a run.
+QUICK_TRAIN = {"schedule": "cosine", "epochs": 2.0, "min_steps": 4, "evals": 2}
+
 #: The session study: the smoke study trimmed to keep the tests within budget.
 SESSION_CHANGES = {
     "name": "teststudy",

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from study_helpers import ROOT, cli, write_study
+from study_helpers import QUICK_TRAIN, ROOT, cli, write_study
 
 #: A small study: fmt only, model-size sweep only (3 rungs x 3 D_f = 9 runs).
 SMALL = {
@@ -20,6 +20,7 @@ SMALL = {
     "methods": {"fmt": {}},
     "sweeps": {"pretraining": {"enabled": False}, "pet_size": {"enabled": False}},
     "run": {"executor": "local"},
+    "train": QUICK_TRAIN,
     "analysis": {"bootstrap": 0},
 }
 
@@ -79,7 +80,7 @@ def test_a_failed_run_is_recorded_and_the_study_completes(finished_study, cache_
         **SMALL,
         "name": "failing",
         "methods": {"fmt": {}, "lora": {"rank": 2}},
-        "train": {"lr": {"fmt": 1e30}},  # a non-finite loss within a few steps
+        "train": {**QUICK_TRAIN, "lr": {"fmt": 1e30}},  # a non-finite loss within a few steps
         "examples": {"sizes": [50, 100]},
         "run": {"executor": "process"},
     }

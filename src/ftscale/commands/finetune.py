@@ -144,13 +144,11 @@ finetune_command = command(
 
 
 def _run(job, quiet: bool):
-    """The job's record, with the memory policy, quiet libraries and progress on stderr."""
-    from ftscale.finetune.memory import return_freed_memory
+    """The job's record, with quiet libraries and progress on stderr."""
     from ftscale.finetune.progress import make_progress
     from ftscale.finetune.recipe import run_job
 
     _quiet_library_logs()
-    return_freed_memory()
     record = run_job(job, progress=make_progress(quiet))
     if not quiet:
         _warn(record)

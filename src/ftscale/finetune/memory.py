@@ -8,13 +8,18 @@ forward pass; the run then uses the fastest configuration whose estimate fits th
 many layers as it must. The output head's loss is chunked (:func:`ftscale.finetune.evaluate.
 head_nll`), so logits are a bounded share.
 
-The allocator:
+The allocator (:func:`set_allocator`, applied per run from the size of its model):
 
 glibc's allocator raises its mmap threshold (up to 32 MiB) each time a large block is freed, after
 which tensors below that size come from the heap, where freed space fragments and the resident
 size creeps up step after step (SmolLM2-135M LoRA, batch 8: +150 MiB per step, measured with
-``/proc/self/statm``). A fixed threshold of :data:`MMAP_THRESHOLD` keeps tensors of that size and
-more in their own mappings, returned to the system when freed: the resident size stays flat.
+``/proc/self/statm``). For a model of :data:`LARGE_WEIGHTS` or more, a fixed threshold of
+:data:`MMAP_THRESHOLD` keeps tensors of that size and more in their own mappings, returned to the
+system when freed: the resident size stays flat. A small model's whole run fits in a few MiB of
+heap, and mapping and unmapping its step's tensors only costs page faults (a width-64 model of a
+2,048-token vocabulary, batch 16 x 96 tokens: 2.0 s of system time per 60 steps and 1.6x the
+wall time of keeping the freed memory, ``benchmarks/bench_allocator.py``), so for it every tensor
+comes from the heap and freed memory is kept for the next step.
 """
 
 from __future__ import annotations
@@ -31,23 +36,39 @@ import torch
 
 from ftscale.errors import UserError
 
-#: Bytes from which allocations get their own mapping (glibc ``M_MMAP_THRESHOLD``).
+#: Bytes from which allocations get their own mapping (glibc ``M_MMAP_THRESHOLD``) for a model of
+#: :data:`LARGE_WEIGHTS` or more.
 MMAP_THRESHOLD = 1 << 20
-_M_MMAP_THRESHOLD = -3
+#: Weights (bytes) from which a model's runs return freed memory to the system (16M fp32
+#: parameters; the quickstart's models hold under 1 MiB, SmolLM2-135M 540 MB).
+LARGE_WEIGHTS = 64 << 20
+#: For smaller models: allocations below this come from the heap, and the heap keeps up to
+#: :data:`KEEP_FREED` of freed memory at its top instead of trimming it (glibc: 128 KiB).
+HEAP_THRESHOLD = 256 << 20
+KEEP_FREED = 512 << 20
+GLIBC_TRIM_THRESHOLD = 128 << 10  # glibc's own default, restored for a large model
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def return_freed_memory() -> bool:
-    """Fix glibc's mmap threshold for this process (see the module docs); ``True`` when set.
-    A no-op elsewhere (macOS, Windows, musl). Process-wide and not undone: call it from a
-    process that exists to finetune (the ``ftscale finetune`` command, a study worker)."""
+def set_allocator(weights: int) -> str | None:
+    """Set glibc's allocator for runs of a model of ``weights`` bytes (see the module docs):
+    ``"return"`` (large: freed tensors go back to the system) or ``"reuse"`` (small: freed memory
+    is kept for the next step); ``None`` where there is no glibc (macOS, Windows, musl).
+    Process-wide: the processes that finetune (the ``ftscale finetune`` command, a study worker)
+    set it for each run."""
     if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
+        return None
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if weights >= LARGE_WEIGHTS:
+            ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            ok = ok and libc.mallopt(_M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
+            return "return" if ok else None
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, HEAP_THRESHOLD)
+        ok = ok and libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED)
+        return "reuse" if ok else None
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 # -- the memory policy -----------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from ftscale.finetune.memory import (
     default_budget,
     held_memory,
     saved_per_token,
+    set_allocator,
     state_bytes,
     weight_bytes,
 )
@@ -425,6 +426,7 @@ def setup(base: torch.nn.Module, tokenizer: Any, name: str, inputs: RunInputs) -
         torch.cuda.reset_peak_memory_stats(device)
     record = _new_record(inputs, encoded, base=base, model_name=name, device=device, dtype=dtype)
     record.context_length = context
+    set_allocator(weight_bytes(base))
     base = base.to(device)
     _, eos, pad = special_ids(tokenizer)
     run = Run(inputs, base, tokenizer, record, *encoded, device, dtype, pad, eos, context)

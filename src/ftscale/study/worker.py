@@ -16,14 +16,10 @@ from ftscale.common import first_line
 
 
 def set_threads(threads: int | None) -> None:
-    """Pin torch to ``threads`` CPU threads (None: leave as is), quiet library progress bars, and
-    apply the finetuning memory policy (:mod:`ftscale.finetune.memory`), as ``ftscale finetune``
-    does."""
+    """Pin torch to ``threads`` CPU threads (None: leave as is) and quiet library progress bars,
+    as ``ftscale finetune`` does (each run sets the allocator for its model:
+    :func:`ftscale.finetune.memory.set_allocator`)."""
     import os
-
-    from ftscale.finetune.memory import return_freed_memory
-
-    return_freed_memory()
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
