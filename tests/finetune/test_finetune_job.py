@@ -98,6 +98,12 @@ def test_lr_auto_searches_on_dev_and_records_the_search(run_toy):
     search = record.lr_search
     assert search["grid"] == list(get_method("lora").search_grid) and len(search["dev_nll"]) == 5
     assert record.learning_rate == search["chosen"] in search["grid"]
+    # the walk starts in the middle of the grid and tries 3 to 5 rates, each once
+    assert search["tried"][0] == search["grid"][2] and 3 <= len(search["tried"]) <= 5
+    assert len(set(search["tried"])) == len(search["tried"])
+    untried = [s for r, s in zip(search["grid"], search["dev_nll"], strict=True)
+               if r not in search["tried"]]
+    assert untried == [None] * (5 - len(search["tried"]))
     scored = [s for s in search["dev_nll"] if s is not None]
     if search["improved"]:
         assert min(scored) < search["base_dev_nll"]

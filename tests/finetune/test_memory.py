@@ -53,9 +53,17 @@ def _lora(base):
 
 
 def _saved(model, tokens):
+    """Per-token bytes of each layer, outside the layers, and a layer's input per token."""
+    saved = _profile(model, tokens)
+    return list(saved.per_token[:-1]), saved.per_token[-1], saved.carry
+
+
+def _profile(model, tokens):
     ids = torch.arange(tokens).remainder(model.config.vocab_size).unsqueeze(0)
     layers = decoder_layers(model)
-    return saved_per_token(model, layers, lambda: final_hidden_states(model, ids), tokens)
+    return saved_per_token(
+        model, layers, lambda n: final_hidden_states(model, ids[:, :n]), tokens
+    )
 
 
 def test_saved_activations_are_per_token_and_per_layer(base):
@@ -63,6 +71,7 @@ def test_saved_activations_are_per_token_and_per_layer(base):
     short, _, carry = _saved(model, 16)
     long, outside, _ = _saved(model, 64)
     assert len(long) == len(decoder_layers(model)) == base.config.num_hidden_layers
+    assert not any(_profile(model, 64).fixed[:-1])  # float32: nothing saved whatever the tokens
     assert carry == 4 * base.config.hidden_size  # float32 hidden state per token
     # a layer saves several tensors of the width per token (norm, projections, MLP) ...
     assert all(value > 4 * carry for value in long)
@@ -71,6 +80,27 @@ def test_saved_activations_are_per_token_and_per_layer(base):
     for few, many in zip(short, long, strict=True):
         assert many == pytest.approx(few, rel=0.15)
     assert outside >= 0
+
+
+def test_autocast_weight_copies_count_once_not_per_token(base):
+    """Under bf16 autocast a backward pass keeps a bf16 copy of each weight it multiplies by:
+    a fixed cost per layer, which a one-probe estimate would scale with the batch's tokens."""
+    model = _lora(base)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        saved = _profile(model, 64)
+    plain, _, _ = _saved(model, 64)
+    layers = decoder_layers(model)
+    for index, layer in enumerate(layers):
+        matrices = sum(2 * p.numel() for p in layer.parameters() if p.dim() == 2)  # bf16
+        if index == 0:  # its input needs no gradient: q, k, v's weights are not kept
+            assert 0 < saved.fixed[0] < matrices
+        else:
+            assert saved.fixed[index] == pytest.approx(matrices, rel=0.05)
+        assert saved.per_token[index] < plain[index]  # the activations are bf16 too
+    footprint = _footprint(fixed=(1000, 1000, 1000, 1000, 0))
+    # the fixed copies of the layers not checkpointed are held at once, independent of tokens
+    assert footprint.activations(0) == int((10 * 400 + 4000) * 1.1)
+    assert footprint.activations(2) == int((10 * 220 + 2000) * 1.1)
 
 
 def _step(model, ids):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ftscale.finetune.tasks import Encoded, collate, sorted_batches
+from ftscale.finetune.tasks import DeviceSplit, Encoded, sorted_batches
 
 #: Rows of hidden states per chunk of the output head, in training and in evaluation: the logits
 #: of 512 rows of a 49,152-token vocabulary are 96 MiB in float32, instead of GBs for a batch.
@@ -25,7 +25,11 @@ HEAD_ROWS = 512
 
 
 def target_nll(
-    model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, fast: bool = True
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    fast: bool = True,
+    count: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Summed NLL (nats, float32 scalar tensor) over target tokens of one right-padded batch, and
     the number of target tokens.
@@ -34,21 +38,48 @@ def target_nll(
     passed: padding sits after every real token, so causal attention never lets a real position
     see it. Leading positions a method adds (prompt tuning's virtual tokens) are dropped. On the
     fast path the output head runs on target positions only, in chunks (:func:`head_nll`).
+    ``count``, the number of target tokens when the caller knows it (the host's token counts),
+    lets the target positions be gathered without asking the device how many there are: on a
+    GPU that question waits for every queued kernel; the positions and their order are the same.
     """
     length = input_ids.shape[1]
     target = labels[:, 1:]
-    mask = target != -100
+    select = _target_positions(target, count)
     if fast:
         hidden = final_hidden_states(model, input_ids)
         offset = hidden.shape[1] - length
-        selected = hidden[:, offset : offset + length - 1][mask]
+        selected = _rows(hidden[:, offset : offset + length - 1], select)
         del hidden
-        return head_nll(model.get_output_embeddings(), selected, target[mask]), int(mask.sum())
+        return head_nll(model.get_output_embeddings(), selected, _rows(target, select)), _count(
+            select, count
+        )
     out = model(input_ids=input_ids, use_cache=False)
     offset = out.logits.shape[1] - length
-    logits = out.logits[:, offset : offset + length - 1][mask]
-    nll = F.cross_entropy(logits.float(), target[mask], reduction="sum")
-    return nll, int(mask.sum())
+    logits = _rows(out.logits[:, offset : offset + length - 1], select)
+    nll = F.cross_entropy(logits.float(), _rows(target, select), reduction="sum")
+    return nll, _count(select, count)
+
+
+def _target_positions(target: torch.Tensor, count: int | None) -> torch.Tensor:
+    """The loss positions of ``target`` (``[batch, positions]``, -100 elsewhere): a boolean mask,
+    or, with ``count`` given, their flat indices in row-major order (a stable sort puts them
+    first; no device-to-host wait)."""
+    mask = target != -100
+    if count is None:
+        return mask
+    return torch.argsort((~mask).flatten().to(torch.uint8), stable=True)[:count]
+
+
+def _rows(values: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """The entries of ``values`` (``[batch, positions, ...]``) at ``select`` (a mask or flat
+    indices from :func:`_target_positions`), flattened over batch and positions."""
+    if select.dtype == torch.bool:
+        return values[select]
+    return values.flatten(0, 1)[select]
+
+
+def _count(select: torch.Tensor, count: int | None) -> int:
+    return int(select.sum()) if count is None else count
 
 
 def head_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -125,23 +156,31 @@ def mean_nll(
     tokens_per_batch: int = 8192,
     max_batch: int = 128,
     autocast_dtype: torch.dtype | None = None,
+    split: DeviceSplit | None = None,
 ) -> tuple[float, int]:
     """Mean NLL per target token (nats/token) of ``model`` on ``encoded``, and the token count.
 
     Batches are length-sorted and hold at most ``tokens_per_batch`` padded tokens (tokens) and
-    ``max_batch`` examples. The model is put in eval mode and restored afterwards.
+    ``max_batch`` examples. The model is put in eval mode and restored afterwards. ``split``:
+    ``encoded`` already on the device (:class:`~ftscale.finetune.tasks.DeviceSplit`; a run keeps
+    its dev split there for every check), else it is put there for this call. The sum stays on
+    the device until the end (float64).
     """
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64)
-    count = 0
     device = torch.device(device)
+    split = split or DeviceSplit(encoded, pad_id, device)
+    batches = sorted_batches(encoded.lengths, tokens_per_batch, max_batch)
+    order = split.index([i for rows in batches for i in rows])
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count, start = 0, 0
     try:
-        for indices in sorted_batches(encoded.lengths, tokens_per_batch, max_batch):
-            input_ids, labels, _ = collate(encoded, indices, pad_id)
+        for rows in batches:
+            index, start = order[start : start + len(rows)], start + len(rows)
+            input_ids, labels, _, n = split.batch(index, rows)
             with autocast(device, autocast_dtype):
-                nll, n = target_nll(model, input_ids.to(device), labels.to(device), fast=fast)
-            total += nll.double().cpu()
+                nll, _ = target_nll(model, input_ids, labels, fast=fast, count=n)
+            total += nll.double()
             count += n
     finally:
         model.train(was_training)

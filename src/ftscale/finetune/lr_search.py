@@ -2,12 +2,16 @@
 share one (torch-free; the search itself trains through :func:`ftscale.finetune.recipe.
 search_learning_rate`, the one place "auto" becomes a rate).
 
-Each candidate rate of the method's grid (:attr:`ftscale.finetune.methods.Method.search_grid`)
-trains the job's model for a short budget with the job's data, seed and schedule shape, and is
-scored by its best mean dev NLL per target token. The rate with the lowest score wins; ties go to
-the smaller rate. When no candidate improves on the base model's dev NLL, the smallest rate is
-chosen and the search says so (``improved = False``). Candidates skip generation and test scoring,
-so a search costs about ``len(grid) * steps`` training steps plus one dev check per step budget.
+Candidate rates of the method's grid (:attr:`ftscale.finetune.methods.Method.search_grid`) train
+the job's model for a short budget with the job's data, seed and schedule shape, and are scored by
+their best mean dev NLL per target token. Not every rate is tried (:func:`walk`): the middle rate
+and its two neighbours first, then one step further out while the best so far is the outermost
+tried, since dev NLL over a log grid of rates falls to one minimum and rises again (too small a
+rate learns slowly, too large one overshoots or diverges). On a grid of five that is three or four
+candidates instead of five. The rate with the lowest score wins; ties go to the smaller rate.
+When no candidate improves on the base model's dev NLL, the grid's smallest rate is chosen and the
+search says so (``improved = False``). Candidates skip generation and test scoring, so a search
+costs about ``tried * steps`` training steps plus two dev checks per candidate.
 
 Why a search: the study's rates (prompt 3e-1, LoRA 1e-2, FMT 1e-3 with Adafactor; Zhang et al.,
 ICLR 2024) and ftscale's defaults (measured on tiny Llama rungs) are too high for real pretrained
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +38,9 @@ MIN_SEARCH_STEPS, MAX_SEARCH_STEPS = 10, 60
 @dataclass(frozen=True)
 class LearningRateSearch:
     """What a search tried and chose: ``grid`` (rates), ``dev_nll`` (best dev NLL per target
-    token of each candidate, nats; ``None`` when the candidate diverged), ``steps`` per candidate,
-    ``chosen`` rate, ``base_dev_nll`` before training, and ``improved`` (whether the chosen rate
-    beat the base model on dev)."""
+    token of each rate, nats; ``None`` when it was not tried or diverged), ``steps`` per
+    candidate, ``chosen`` rate, ``base_dev_nll`` before training, ``improved`` (whether the
+    chosen rate beat the base model on dev) and ``tried`` (the rates trained, in order)."""
 
     grid: tuple[float, ...]
     dev_nll: tuple[float | None, ...]
@@ -44,6 +48,7 @@ class LearningRateSearch:
     chosen: float
     base_dev_nll: float | None
     improved: bool
+    tried: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the record's ``lr_search`` field; sequences as lists)."""
@@ -70,10 +75,39 @@ def candidate_config(config: TrainConfig, rate: float, steps: int) -> TrainConfi
     )
 
 
+def walk(grid: Sequence[float], score: Callable[[float], float | None]) -> list[int]:
+    """Indices of ``grid`` (rates, ascending) to score, in order, given ``score(rate)`` (the best
+    dev NLL; ``None`` or non-finite: diverged): the middle rate and its neighbours, then one step
+    beyond the outermost tried rate while it is the best (ties to the smaller rate)."""
+    values: dict[int, float] = {}
+
+    def run(index: int) -> None:
+        value = score(grid[index])
+        values[index] = value if value is not None and math.isfinite(value) else math.inf
+
+    middle = (len(grid) - 1) // 2
+    for index in (middle, middle - 1, middle + 1):
+        if 0 <= index < len(grid):
+            run(index)
+    while True:
+        best = min(values, key=lambda i: (values[i], i))
+        low, high = min(values), max(values)
+        if best == low and low > 0:
+            run(low - 1)
+        elif best == high and high < len(grid) - 1:
+            run(high + 1)
+        else:
+            return list(values)
+
+
 def choose(
-    grid: Sequence[float], scores: Sequence[float | None], steps: int, base: float | None
+    grid: Sequence[float],
+    scores: Sequence[float | None],
+    steps: int,
+    base: float | None,
+    tried: Sequence[float] = (),
 ) -> LearningRateSearch:
-    """The search's outcome from each candidate's best dev NLL (``None``: it diverged)."""
+    """The search's outcome from each rate's best dev NLL (``None``: not tried or diverged)."""
     finite = [
         (score, rate)
         for score, rate in zip(scores, grid, strict=True)
@@ -83,7 +117,9 @@ def choose(
     improved = best_score is not None and base is not None and best_score < base
     if not improved:
         chosen = grid[0]
-    return LearningRateSearch(tuple(grid), tuple(scores), steps, chosen, base, improved)
+    return LearningRateSearch(
+        tuple(grid), tuple(scores), steps, chosen, base, improved, tuple(tried)
+    )
 
 
 def search_group(method: str, job: Any) -> str:

@@ -98,7 +98,9 @@ class Footprint:
     the backward pass per token, one entry per decoder layer), ``outside`` (per token, outside the
     layers), ``carry`` (per token: the hidden state a checkpointed layer keeps), ``tokens`` (of the
     largest training batch), ``logits`` (the output head's chunk: logits, probabilities and their
-    gradient), ``eval`` (an evaluation batch's transient peak)."""
+    gradient), ``eval`` (an evaluation batch's transient peak), ``fixed`` (bytes saved whatever
+    the tokens, one entry per decoder layer and one for the rest of the model: under autocast,
+    the bf16 copies of the weights a backward pass multiplies by; empty for none)."""
 
     base: int
     weights: int
@@ -111,6 +113,7 @@ class Footprint:
     tokens: int
     logits: int
     eval: int
+    fixed: tuple[int, ...] = ()
 
     def activations(self, checkpointed: int) -> int:
         """Bytes of activations of the largest batch with the first ``checkpointed`` layers
@@ -121,7 +124,13 @@ class Footprint:
         carried = checkpointed * self.carry + self.outside
         kept = sum(self.per_layer[checkpointed:]) + carried
         recomputing = carried + max(self.per_layer[:checkpointed], default=0)
-        return int(self.tokens * max(kept, recomputing) * (1 + SLACK))
+        fixed = self.fixed or (0,) * (len(self.per_layer) + 1)
+        kept_fixed = sum(fixed[checkpointed:])  # the later layers' and the rest's
+        recomputing_fixed = fixed[-1] + max(fixed[:checkpointed], default=0)
+        peak = max(
+            self.tokens * kept + kept_fixed, self.tokens * recomputing + recomputing_fixed
+        )
+        return int(peak * (1 + SLACK))
 
     def total(self, checkpointed: int) -> int:
         """Estimated peak bytes of the run with ``checkpointed`` layers checkpointed."""
@@ -142,6 +151,7 @@ class MemoryPlan:
     source: str
     footprint: Footprint
     reason: str
+    precision: str = "float32"
 
     def line(self) -> str:
         """The plan in one line, sizes in MiB."""
@@ -157,7 +167,7 @@ class MemoryPlan:
         return (
             f"memory plan: checkpointing {k} of {self.layers} layers ({self.reason}); estimated "
             f"peak {self.estimate / MIB:.0f} MiB of {self.budget / MIB:.0f} MiB budget "
-            f"({self.source}): {', '.join(parts)} MiB"
+            f"({self.source}): {', '.join(parts)} MiB; {self.precision}"
         )
 
 
@@ -193,15 +203,44 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
+@dataclass(frozen=True)
+class Saved:
+    """What a forward pass saves for the backward pass, in bytes, fitted over two probe lengths:
+    ``per_token`` and ``fixed`` (whatever the tokens), each one entry per decoder layer and a last
+    one for the rest of the model, and ``carry`` (per token: a layer's input hidden state)."""
+
+    per_token: tuple[int, ...]
+    fixed: tuple[int, ...]
+    carry: int
+
+
 def saved_per_token(
     model: torch.nn.Module,
     layers: Sequence[torch.nn.Module],
-    forward: Callable[[], Any],
+    forward: Callable[[int], Any],
     tokens: int,
-) -> tuple[list[int], int, int]:
-    """``(bytes per token saved for the backward pass by each layer, by the rest of the model,
-    bytes per token of a layer's input)`` of one ``forward()`` over ``tokens`` tokens, measured
-    with autograd's saved-tensor hooks. Each storage counts once and parameters not at all."""
+) -> Saved:
+    """What ``forward(n)`` (a forward pass over ``n`` tokens) saves for the backward pass, split
+    into bytes per token and fixed bytes by a probe of ``tokens`` and one of half as many (one
+    probe when ``tokens`` is 1: all per token). Fixed bytes are the copies autocast makes of the
+    weights, which do not grow with the batch."""
+    long, carry = _saved_bytes(model, layers, lambda: forward(tokens))
+    short_tokens = tokens // 2
+    if short_tokens < 1:
+        return Saved(tuple(math.ceil(b / tokens) for b in long), (0,) * len(long), carry)
+    short, _ = _saved_bytes(model, layers, lambda: forward(short_tokens))
+    extra = tokens - short_tokens
+    per_token = [max(0, math.ceil((b - a) / extra)) for a, b in zip(short, long, strict=True)]
+    fixed = [max(0, b - p * tokens) for b, p in zip(long, per_token, strict=True)]
+    return Saved(tuple(per_token), tuple(fixed), carry)
+
+
+def _saved_bytes(
+    model: torch.nn.Module, layers: Sequence[torch.nn.Module], forward: Callable[[], Any]
+) -> tuple[list[int], int]:
+    """``(bytes saved for the backward pass by each layer and, last, by the rest of the model,
+    bytes per token of a layer's input)`` of one ``forward()``, measured with autograd's
+    saved-tensor hooks. Each storage counts once and parameters not at all."""
     where, carry = [len(layers)], [0]
     sizes = [0] * (len(layers) + 1)
     skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
@@ -236,8 +275,7 @@ def saved_per_token(
     finally:
         for handle in handles:
             handle.remove()
-    per_token = [math.ceil(size / tokens) for size in sizes]
-    return per_token[:-1], per_token[-1], carry[0]
+    return sizes, carry[0]
 
 
 def state_bytes(params: Sequence[torch.nn.Parameter], optimizer: str) -> tuple[int, int]:
@@ -260,24 +298,31 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(storages.values())
 
 
-def choose_plan(footprint: Footprint, config: Any, budget: int, source: str) -> MemoryPlan:
+def choose_plan(
+    footprint: Footprint, config: Any, budget: int, source: str, precision: str = "float32"
+) -> MemoryPlan:
     """The fastest configuration whose estimate fits ``budget``: the fewest checkpointed layers.
     ``config.checkpointing`` set on (every layer) or off (none) overrides the choice. A given
     ``config.max_memory`` that no configuration fits is a one-line :class:`UserError`; the
-    default budget is only the machine's, so then every layer is checkpointed and the run tries."""
+    default budget is only the machine's, so then every layer is checkpointed and the run tries.
+    ``precision`` (the run's, which the footprint was measured in) is named in the plan's line."""
     layers = len(footprint.per_layer)
     if config.checkpointing is not None:
         choices, reason = [layers if config.checkpointing else 0], "checkpointing set"
     else:
         choices, reason = list(range(layers + 1)), "the fastest that fits"
-    for k in choices:
-        if footprint.total(k) <= budget:
-            return MemoryPlan(k, layers, footprint.total(k), budget, source, footprint, reason)
+    fits = [k for k in choices if footprint.total(k) <= budget]
     least = min(choices, key=footprint.total)  # checkpointing the last layer too saves nothing
-    if config.max_memory is None:
+    if not fits and config.max_memory is not None:
+        raise _too_small(footprint, budget, least, layers)
+    if not fits:
         reason = "over the budget: the estimate may be high, trying"
-        return MemoryPlan(least, layers, footprint.total(least), budget, source, footprint, reason)
-    raise UserError(
+    k = fits[0] if fits else least
+    return MemoryPlan(k, layers, footprint.total(k), budget, source, footprint, reason, precision)
+
+
+def _too_small(footprint: Footprint, budget: int, least: int, layers: int) -> UserError:
+    return UserError(
         f"--max-memory {budget} bytes ({budget / MIB:.0f} MiB): too small for this run, which "
         f"needs about {footprint.total(least) / MIB:.0f} MiB with {least} of {layers} layers "
         f"checkpointed (held before training {footprint.base / MIB:.0f} MiB); give a larger "

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
+
+#: Seconds between the live bar's readings of the training loss.
+SHOW_LOSS_EVERY = 0.5
 
 
 class Progress(Protocol):
-    """What the training loop reports. ``label`` names the run (e.g. ``lr 1e-3`` in a search)."""
+    """What the training loop reports. ``label`` names the run (e.g. ``lr 1e-3`` in a search).
+    ``loss`` is a number or a 0-dimensional tensor still on the device: reading a tensor waits
+    for the device, so a reporter reads it only when it shows it."""
 
     def start(self, total_steps: int, label: str = "") -> None: ...
 
-    def step(self, step: int, loss: float) -> None: ...
+    def step(self, step: int, loss: Any) -> None: ...
 
     def dev(self, step: int, dev_nll: float, best: float) -> None: ...
 
@@ -38,14 +43,14 @@ class PlainProgress:
     def start(self, total_steps: int, label: str = "") -> None:
         self.total, self.label, self.started = total_steps, label, time.perf_counter()
 
-    def step(self, step: int, loss: float) -> None:
-        self.loss = loss
+    def step(self, step: int, loss: Any) -> None:
+        self.loss = loss  # read when a dev line is printed
 
     def dev(self, step: int, dev_nll: float, best: float) -> None:
         label = f"{self.label}: " if self.label else ""
         elapsed = time.perf_counter() - self.started
         print(
-            f"ftscale: {label}step {step}/{self.total}  loss {self.loss:.4f}  dev NLL "
+            f"ftscale: {label}step {step}/{self.total}  loss {float(self.loss):.4f}  dev NLL "
             f"{dev_nll:.4f} (best {best:.4f})  {elapsed:.0f} s",
             file=self.stream,
             flush=True,
@@ -98,6 +103,7 @@ class LiveProgress:
             transient=True,
         )
         self.task = None
+        self.shown = 0.0
 
     def start(self, total_steps: int, label: str = "") -> None:
         if self.task is None:
@@ -106,8 +112,13 @@ class LiveProgress:
             self.bar.remove_task(self.task)
         self.task = self.bar.add_task(label or "training", total=total_steps, loss="-", dev="-")
 
-    def step(self, step: int, loss: float) -> None:
-        self.bar.update(self.task, completed=step, loss=f"{loss:.4f}")
+    def step(self, step: int, loss: Any) -> None:
+        now = time.perf_counter()
+        if now - self.shown < SHOW_LOSS_EVERY:  # reading the loss waits for the device
+            self.bar.update(self.task, completed=step)
+            return
+        self.shown = now
+        self.bar.update(self.task, completed=step, loss=f"{float(loss):.4f}")
 
     def dev(self, step: int, dev_nll: float, best: float) -> None:
         self.bar.update(self.task, completed=step, dev=f"{dev_nll:.4f} (best {best:.4f})")

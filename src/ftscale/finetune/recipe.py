@@ -54,7 +54,13 @@ from ftscale.finetune.evaluate import (
     score_generations,
     target_nll,
 )
-from ftscale.finetune.lr_search import LearningRateSearch, candidate_config, choose, search_steps
+from ftscale.finetune.lr_search import (
+    LearningRateSearch,
+    candidate_config,
+    choose,
+    search_steps,
+    walk,
+)
 from ftscale.finetune.memory import (
     PROBE_TOKENS,
     Footprint,
@@ -75,9 +81,11 @@ from ftscale.finetune.methods import (
     count_parameters,
     make_method,
 )
+from ftscale.finetune.precision import autocast_dtype, precision_name
 from ftscale.finetune.record import RunRecord, library_versions
 from ftscale.finetune.spec import FinetuneJob, TaskConfig, TrainConfig, steps_per_epoch
 from ftscale.finetune.tasks import (
+    DeviceSplit,
     Encoded,
     check_pairs,
     collate,
@@ -321,22 +329,43 @@ def resolve_learning_rate(
 def search_learning_rate(
     base: torch.nn.Module, tokenizer: Any, inputs: RunInputs, progress: Any = None
 ) -> LearningRateSearch:
-    """Train each candidate of the method's grid briefly (see :mod:`ftscale.finetune.lr_search`);
-    each trains a copy, so ``base`` is left as it was."""
+    """Train candidates of the method's grid briefly, as far as :func:`~ftscale.finetune.
+    lr_search.walk` goes (see :mod:`ftscale.finetune.lr_search`); each trains a copy, so ``base``
+    is left as it was. The memory plan is said once, for the first candidate."""
     config = inputs.config
     steps = search_steps(config.total_steps(len(inputs.train)))
     grid = inputs.method.entry.search_grid
-    scores: list[float | None] = []
-    base_nll: float | None = None
-    for rate in grid:
+    scores: dict[float, float | None] = {}
+    base_nll: list[float] = []
+
+    def score(rate: float) -> float | None:
         short = inputs.with_config(
             candidate_config(config, rate, steps), test=inputs.dev[:1], evals=()
         )
-        record = run_loaded(copy.deepcopy(base), tokenizer, "", short, progress=progress).record
-        base_nll = record.initial_dev_nll if base_nll is None else base_nll
+        shown = progress if progress is None or not scores else _PlanSaidOnce(progress)
+        record = run_loaded(copy.deepcopy(base), tokenizer, "", short, progress=shown).record
+        base_nll[:] = base_nll or [record.initial_dev_nll]
         ok = record.status == "ok" and record.best_dev_nll is not None
-        scores.append(record.best_dev_nll if ok and math.isfinite(record.best_dev_nll) else None)
-    return choose(grid, scores, steps, base_nll)
+        scores[rate] = record.best_dev_nll if ok and math.isfinite(record.best_dev_nll) else None
+        return scores[rate]
+
+    order = walk(grid, score)
+    tried = [grid[i] for i in order]
+    return choose(grid, [scores.get(r) for r in grid], steps, base_nll[0], tried)
+
+
+class _PlanSaidOnce:
+    """The progress reporter of a search's later candidates: everything but the memory plan's
+    note, which the first candidate said."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.progress, name)
+
+    def note(self, _line: str) -> None:
+        pass
 
 
 # -- the steps -------------------------------------------------------------------------------------
@@ -366,6 +395,7 @@ class Run:
     eval_time: float = 0.0
     phase: str = "preparing"
     loop: Any = None  # the training loop's state (Loop), from start_loop
+    splits: dict[int, DeviceSplit] = dataclasses.field(default_factory=dict)
 
     @property
     def config(self) -> TrainConfig:
@@ -377,8 +407,15 @@ class Run:
         positions."""
         return None if self.context is None else self.context - self.inputs.method.virtual_tokens
 
-    def nll(self, encoded: Encoded) -> tuple[float, int]:
-        """Mean NLL per target token of the model on ``encoded`` (timed into ``eval_time``)."""
+    def on_device(self, encoded: Encoded) -> DeviceSplit:
+        """``encoded`` (one of the run's splits) on the run's device, put there once."""
+        if id(encoded) not in self.splits:
+            self.splits[id(encoded)] = DeviceSplit(encoded, self.pad, self.device)
+        return self.splits[id(encoded)]
+
+    def nll(self, encoded: Encoded, keep: bool = True) -> tuple[float, int]:
+        """Mean NLL per target token of the model on ``encoded`` (timed into ``eval_time``);
+        ``keep``: keep the split on the device for the next call (dev, test)."""
         began = time.perf_counter()
         value = mean_nll(
             self.model,
@@ -388,6 +425,7 @@ class Run:
             fast=self.fast,
             tokens_per_batch=self.config.eval_tokens_per_batch,
             autocast_dtype=self.autocast,
+            split=self.on_device(encoded) if keep else None,
         )
         self.eval_time += time.perf_counter() - began
         return value
@@ -421,7 +459,7 @@ def setup(base: torch.nn.Module, tokenizer: Any, name: str, inputs: RunInputs) -
     device = resolve_device(config.device)
     context = context_length(base, tokenizer)
     encoded = _encode_splits(inputs, tokenizer, context)
-    dtype = torch.bfloat16 if _bf16(device, config) else None
+    dtype = autocast_dtype(device, config.bf16, base)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     record = _new_record(inputs, encoded, base=base, model_name=name, device=device, dtype=dtype)
@@ -453,11 +491,6 @@ def _encode_splits(inputs: RunInputs, tokenizer: Any, context: int | None) -> li
     ]
 
 
-def _bf16(device: torch.device, config: TrainConfig) -> bool:
-    """bf16 autocast: asked for, on a GPU that supports it."""
-    return device.type == "cuda" and config.bf16 and torch.cuda.is_bf16_supported()
-
-
 def _apply(run: Run) -> None:
     """The method on the base model (seeded), its trainable parameters, and whether the fast
     output head gives the same loss on a probe batch."""
@@ -483,7 +516,9 @@ def plan_memory(run: Run, progress: Any = None) -> None:
         budget, source = config.max_memory, "max_memory"
     else:
         budget, source = default_budget(run.device)
-    plan = choose_plan(_footprint(run, layers), config, budget, source)
+    plan = choose_plan(
+        _footprint(run, layers), config, budget, source, precision_name(run.autocast)
+    )
     checkpoint_layers(run.model, layers, plan.checkpointed)
     record.checkpointing = plan.checkpointed > 0
     record.checkpointed_layers, record.memory_plan = plan.checkpointed, plan.line()
@@ -493,19 +528,21 @@ def plan_memory(run: Run, progress: Any = None) -> None:
 
 def _footprint(run: Run, layers: list[torch.nn.Module]) -> Footprint:
     """What the run holds and will add, in bytes (see :class:`~ftscale.finetune.memory.
-    Footprint`): activations per token measured on a probe of the first training example's
-    first :data:`~ftscale.finetune.memory.PROBE_TOKENS` tokens, in training mode and precision."""
+    Footprint`): activations per token and fixed saved bytes measured on probes of the first
+    training example's first :data:`~ftscale.finetune.memory.PROBE_TOKENS` tokens (and half as
+    many), in training mode and precision."""
     config, model = run.config, run.model
     ids = torch.tensor([run.train.ids[0][:PROBE_TOKENS]], device=run.device)
     was_training = model.training
     model.train()
     try:
         with autocast(run.device, run.autocast):
-            per_layer, outside, carry = saved_per_token(
-                model, layers, lambda: final_hidden_states(model, ids), ids.numel()
+            saved = saved_per_token(
+                model, layers, lambda n: final_hidden_states(model, ids[:, :n]), ids.numel()
             )
     finally:
         model.train(was_training)
+    per_layer, outside = saved.per_token[:-1], saved.per_token[-1]
     gradients, optimizer = state_bytes(run.params, config.optimizer)
     host_copy = run.device.type != "cpu" and run.inputs.method.trains_base
     virtual = run.inputs.method.virtual_tokens
@@ -522,9 +559,10 @@ def _footprint(run: Run, layers: list[torch.nn.Module]) -> Footprint:
         gradients=gradients,
         optimizer=optimizer,
         best_state=0 if host_copy else gradients,
-        per_layer=tuple(per_layer),
+        per_layer=per_layer,
         outside=outside,
-        carry=carry,
+        carry=saved.carry,
+        fixed=saved.fixed,
         tokens=config.batch_size * (max(largest) + virtual),
         logits=LOGIT_COPIES * chunk,
         eval=int(config.eval_tokens_per_batch * max(per_layer, default=outside) * EVAL_SHARE)
@@ -564,7 +602,7 @@ def _new_record(
         optimizer=config.optimizer,
         batch_size=config.batch_size,
         device=str(device),
-        dtype="bfloat16-autocast" if dtype is not None else "float32",
+        dtype=precision_name(dtype),
         threads=torch.get_num_threads(),
         versions=library_versions(),
     )
@@ -614,9 +652,10 @@ def train(run: Run, progress: Any) -> None:
 @dataclass
 class Loop:
     """The state of one run's training loop: its optimizer, batch order (seeded by the run's
-    seed), dev-check spacing (steps), best dev NLL so far, the reference a check must beat to
-    count as a gain and the checks without one, the decay of a ``wsd`` schedule once started
-    (``(first step, steps)``) and why the loop stopped."""
+    seed; ``order`` the epoch's on the device, ``cursor`` how far it is taken), dev-check spacing
+    (steps), best dev NLL so far, the reference a check must beat to count as a gain and the
+    checks without one, the decay of a ``wsd`` schedule once started (``(first step, steps)``),
+    why the loop stopped, and the losses whose finiteness is not yet checked."""
 
     optimizer: Any
     rng: np.random.Generator
@@ -624,6 +663,9 @@ class Loop:
     best: float
     reference: float
     batches: list[list[int]] = dataclasses.field(default_factory=list)
+    order: torch.Tensor | None = None
+    cursor: int = 0
+    unchecked: list[tuple[int, torch.Tensor]] = dataclasses.field(default_factory=list)
     stale: int = 0
     decay: tuple[int, int] | None = None
     stop_reason: str | None = None
@@ -659,7 +701,20 @@ def next_batch(run: Run) -> list[int]:
     loop = run.loop
     if not loop.batches:
         loop.batches = length_grouped_batches(run.train.lengths, run.config.batch_size, loop.rng)
+        loop.order, loop.cursor = None, 0
     return loop.batches.pop()
+
+
+def device_rows(run: Run, rows: list[int]) -> torch.Tensor:
+    """The device index of ``rows``, the batch :func:`next_batch` just gave: a view into the
+    epoch's order, which goes to the device once an epoch (batches are taken from the end)."""
+    loop = run.loop
+    if loop.order is None:
+        epoch = [i for batch in (*loop.batches, rows)[::-1] for i in batch]
+        loop.order = run.on_device(run.train).index(epoch)
+    index = loop.order[loop.cursor : loop.cursor + len(rows)]
+    loop.cursor += len(rows)
+    return index
 
 
 def set_rate(run: Run) -> None:
@@ -675,11 +730,35 @@ def set_rate(run: Run) -> None:
         group["lr"] = rate
 
 
+#: Steps whose training loss an accelerator may leave unchecked before the loop asks (each
+#: question waits for the queued work); every dev check asks too. On the CPU every step asks.
+CHECK_EVERY = 32
+
+
 def check_loss(run: Run, loss: torch.Tensor) -> None:
-    """:class:`RunFailed` when the step's training loss is NaN or infinite."""
-    if not torch.isfinite(loss):
-        step = run.record.steps + 1
-        raise RunFailed(f"non-finite training loss ({loss.item()}) at step {step}", step)
+    """:class:`RunFailed` when the step's training loss is NaN or infinite: at once on the CPU,
+    within :data:`CHECK_EVERY` steps or at the next dev check on an accelerator, naming the first
+    step whose loss was not finite."""
+    loop = run.loop
+    loop.unchecked.append((run.record.steps + 1, loss.detach()))
+    if run.device.type == "cpu" or len(loop.unchecked) >= CHECK_EVERY:
+        flush_checks(run)
+
+
+def flush_checks(run: Run) -> None:
+    """Check the losses not yet checked (one wait for the device); :class:`RunFailed` at the
+    first that is NaN or infinite."""
+    loop = run.loop
+    if not loop.unchecked:
+        return
+    steps, losses = zip(*loop.unchecked, strict=True)
+    loop.unchecked = []
+    finite = torch.isfinite(torch.stack(losses)).tolist()
+    if all(finite):
+        return
+    first = finite.index(False)
+    step = steps[first]
+    raise RunFailed(f"non-finite training loss ({losses[first].item()}) at step {step}", step)
 
 
 def update(run: Run, *, real: int, count: int, padded: int) -> None:
@@ -742,29 +821,36 @@ def end_loop(run: Run) -> None:
     """Training time (dev checks excluded), why the loop stopped (``cap``: it used its whole
     budget), and the counts that follow from the steps."""
     loop, record = run.loop, run.record
+    flush_checks(run)
     record.train_s = time.perf_counter() - loop.began - (run.eval_time - loop.eval_before)
     record.stop_reason = loop.stop_reason or "cap"
     record.converged = record.stop_reason == "plateau"
     _training_summary(run)
 
 
-def _train_step(run: Run, indices: list[int]) -> float:
-    """One optimizer step on one batch; returns its loss (nats per target token)."""
-    input_ids, labels, real = collate(run.train, indices, run.pad)
-    input_ids, labels = input_ids.to(run.device), labels.to(run.device)
+def _train_step(run: Run, rows: list[int]) -> torch.Tensor:
+    """One optimizer step on one batch; returns its loss (nats per target token, a tensor on
+    the device: reading it waits for the device, so the loop reads it at dev checks only). The
+    batch is cut on the device and its token counts come from the host: the step queues its work
+    without waiting for the device."""
+    split = run.on_device(run.train)
+    input_ids, labels, real, count = split.batch(device_rows(run, rows), rows)
     set_rate(run)
     with autocast(run.device, run.autocast):
-        nll_sum, count = target_nll(run.model, input_ids, labels, fast=run.fast)
+        nll_sum, _ = target_nll(run.model, input_ids, labels, fast=run.fast, count=count)
     loss = nll_sum / count
     check_loss(run, loss)
     run.loop.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     update(run, real=real, count=count, padded=input_ids.numel())
-    return float(loss.detach())
+    return loss.detach()
 
 
 def _dev_check(run: Run, step: int) -> float:
-    """Dev NLL at ``step``, measured and recorded (:func:`record_dev`)."""
+    """Dev NLL at ``step``, measured and recorded (:func:`record_dev`), after the training
+    losses not yet checked are (:func:`flush_checks`)."""
+    if run.loop is not None:
+        flush_checks(run)
     phase, run.phase = run.phase, f"checking dev at step {step}"
     value, _ = run.nll(run.dev)
     run.phase = phase
@@ -863,7 +949,7 @@ def _score_eval(run: Run, data: EvalData) -> dict[str, Any]:
     demonstrations in every prompt."""
     task = run.inputs.task.with_demonstrations(tuple(data.demos))
     encoded = encode_pairs(data.pairs, run.tokenizer, task, f"eval set {data.name!r}", run.limit)
-    value, tokens = run.nll(encoded)
+    value, tokens = run.nll(encoded, keep=False)
     out: dict[str, Any] = {
         "examples": len(encoded),
         "tokens": tokens,

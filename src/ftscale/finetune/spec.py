@@ -220,7 +220,11 @@ class TrainConfig(BaseModel):
     threads: Count | None = setting(
         None, "CPU threads for the run (default: torch's setting).", scope="runtime"
     )
-    bf16: bool = setting(True, "bf16 autocast on GPUs that support it.")
+    bf16: bool = setting(
+        True,
+        "bf16 autocast where it is fast: GPUs that support it, CPUs with bf16 instructions "
+        "for models of width 256 or more (off: float32 everywhere).",
+    )
     fast_head: bool = setting(True, "Output head on target positions only (checked per run).")
     checkpointing: bool | None = setting(
         None,

@@ -214,3 +214,43 @@ def collate(
         labels[row, start : len(ids)] = input_ids[row, start : len(ids)]
         real += len(ids)
     return input_ids, labels, real
+
+
+class DeviceSplit:
+    """A split's examples on the run's device, put there once: right-padded token ids (int32)
+    and each example's prompt length and length, so that a batch is cut out on the device from
+    an index tensor already there, with no copy from the host per batch (on a GPU a host copy
+    waits for the work queued before it). Host-side lists keep what the loop counts (tokens)."""
+
+    def __init__(self, encoded: Encoded, pad_id: int, device: torch.device) -> None:
+        self.lengths = encoded.lengths
+        #: Positions that carry loss per example: labels from max(prompt length, 1) on (the first
+        #: position predicts nothing).
+        self.targets = [
+            n - min(n, max(p, 1)) for n, p in zip(self.lengths, encoded.prompt_lengths, strict=True)
+        ]
+        ids = torch.full((len(encoded), max(self.lengths, default=1)), pad_id, dtype=torch.int32)
+        for row, sequence in enumerate(encoded.ids):
+            ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.int32)
+        self.ids = ids.to(device)
+        self.starts = torch.tensor(encoded.prompt_lengths, dtype=torch.int32).to(device)
+        self.ends = torch.tensor(self.lengths, dtype=torch.int32).to(device)
+        self.device = device
+
+    def index(self, rows: Sequence[int]) -> torch.Tensor:
+        """``rows`` as an index tensor on the device (one host copy; per epoch or per split)."""
+        return torch.tensor(list(rows), dtype=torch.long).to(self.device)
+
+    def batch(
+        self, index: torch.Tensor, rows: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """``(input_ids, labels, real tokens, target tokens)`` of the examples ``rows`` (host)
+        whose device ``index`` is given, as :func:`collate` makes them: padded to the batch's own
+        longest sequence, labels -100 on prompt and padding positions."""
+        longest = max(self.lengths[i] for i in rows)
+        input_ids = self.ids[:, :longest][index].long()
+        positions = torch.arange(longest, device=self.device)
+        keep = (positions >= self.starts[index, None]) & (positions < self.ends[index, None])
+        labels = torch.where(keep, input_ids, -100)
+        real = sum(self.lengths[i] for i in rows)
+        return input_ids, labels, real, sum(self.targets[i] for i in rows)
