@@ -93,11 +93,23 @@ def test_a_pack_takes_the_members_its_memory_budget_holds(model_dir, data_files,
 
     jobs = _jobs(model_dir, data_files, "fmt", [{}])
     monkeypatch.setattr(packing, "Pack", recording_pack)
-    # room for two members' weights, gradients and optimizer moments, not three
-    monkeypatch.setattr(packing, "memory_budget", lambda device: 2 * _one_footprint(jobs[0]))
+    # room for two members' weights, gradients, optimizer moments and activations, not three
+    budget = 2.5 * _one_footprint(jobs[0])
+    monkeypatch.setattr(packing, "memory_budget", lambda run: (budget, "test"))
     packed = run_pack(jobs)
     assert sizes == [2, 2]
     _assert_same_science([run_job(j) for j in jobs], packed)
+    plans = [r.memory_plan for r in packed]
+    assert plans[0].startswith("memory plan: packed, member 1 of 2,") and "(test)" in plans[0]
+    assert plans[1].startswith("memory plan: packed, member 2 of 2,")
+
+
+def test_a_member_footprint_counts_its_activations(model_dir, data_files):
+    """The policy's estimate, not only the tensors: a longer batch weighs more."""
+    jobs = _jobs(model_dir, data_files, "fmt", [{}])
+    small = _one_footprint(jobs[0].replace(batch_size=2))
+    large = _one_footprint(jobs[0].replace(batch_size=16))
+    assert large > small > 0
 
 
 def _one_footprint(job) -> int:

@@ -38,6 +38,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ftscale.finetune import recipe
 from ftscale.finetune.evaluate import autocast, final_hidden_states
+from ftscale.finetune.memory import MIB, decoder_layers, default_budget, held_memory
+from ftscale.finetune.precision import precision_name
 from ftscale.finetune.recipe import Run, RunFailed
 from ftscale.finetune.record import RunRecord
 from ftscale.finetune.spec import FinetuneJob
@@ -424,8 +426,9 @@ def evaluate_pack(pack: Pack) -> None:
 
 def run_pack(jobs: Sequence[FinetuneJob], progress: Any = None) -> list[RunRecord]:
     """Run ``jobs`` as packs and return their records, in order (each with ``key`` and ``job``,
-    as :func:`ftscale.finetune.recipe.run_job` gives). A pack takes members while their measured
-    footprint fits :func:`memory_budget`; the jobs left over form the next pack. Jobs that cannot
+    as :func:`ftscale.finetune.recipe.run_job` gives). A pack takes members while their estimated
+    footprints (:func:`footprint`) fit :func:`memory_budget`; the jobs left over form the next
+    pack. Jobs that cannot
     share a pack (see :func:`pack_problem`), a pack of one, ``learning_rate = "auto"`` and a pack
     that runs out of memory after all run one at a time."""
     jobs = list(jobs)
@@ -460,39 +463,38 @@ def _train_and_test(runs: list[Run], jobs: list[FinetuneJob], started: float, pr
     return [_finish(run, job, started) for run, job in zip(runs, jobs, strict=True)]
 
 
-def memory_budget(device: torch.device) -> int:
-    """Bytes a pack may take: half the GPU's free memory, or half the memory the OS reports as
-    available (``MemAvailable``); no limit where neither can be read."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 2
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 2
-    except OSError:
-        pass
-    return 1 << 62
+def memory_budget(run: Run) -> tuple[int, str]:
+    """``(bytes, where they come from)`` a pack may take beyond what the process holds: the
+    members' ``max_memory`` when set, else :func:`~ftscale.finetune.memory.default_budget` (the
+    memory policy's share of the free RAM or GPU memory)."""
+    if run.config.max_memory is not None:
+        return run.config.max_memory - held_memory(run.device), "max_memory"
+    budget, source = default_budget(run.device)
+    return budget - held_memory(run.device), source
 
 
 def footprint(run: Run) -> int:
-    """Bytes one member holds beyond the activations: its model's tensors, and for each
-    trainable tensor its gradient, two optimizer moments and its best state."""
-    weights = sum(p.numel() * p.element_size() for p in run.model.parameters())
-    trainable = sum(p.numel() * p.element_size() for p in run.params)
-    return weights + 4 * trainable
+    """Bytes one set-up member adds to a pack, by the memory policy's estimate
+    (:class:`~ftscale.finetune.memory.Footprint`, measured on a probe as a run alone measures
+    it): its copy of the model's tensors, gradients, optimizer state and best state of its
+    trainable tensors, the activations of its largest batch and its share of the head's chunk.
+    Packs do not checkpoint layers: a member that needs it trains alone."""
+    estimate = recipe._footprint(run, decoder_layers(run.model))
+    state = estimate.weights + estimate.gradients + estimate.optimizer + estimate.best_state
+    return state + estimate.activations(0) + estimate.logits
 
 
 def _set_up(jobs: list[FinetuneJob]) -> list[Run]:
     """Jobs set up as they would be alone, each on its own copy of its base model (each base
-    loaded once), while the members' footprint fits the memory budget (at least one)."""
+    loaded once), while the members' footprints fit the memory budget (at least one; the next
+    member counted as large as the largest so far, so none is set up in vain); each member's
+    record says the pack's plan."""
     loaded: dict[tuple, tuple] = {}
     runs: list[Run] = []
-    budget = memory_budget(resolve_device(jobs[0].train_config.device))
-    used = 0
+    sizes: list[int] = []
+    budget, source = 0, ""
     for job in jobs:
-        if runs and used + footprint(runs[0]) > budget:
+        if runs and sum(sizes) + max(sizes) > budget:
             break
         run_inputs = recipe.job_inputs(job)
         where = (job.model, job.revision, job.gguf_file)
@@ -502,8 +504,18 @@ def _set_up(jobs: list[FinetuneJob]) -> list[Run]:
             )
         base, tokenizer, name = loaded[where]
         torch.manual_seed(run_inputs.config.seed)
-        runs.append(recipe.setup(copy.deepcopy(base), tokenizer, name, run_inputs))
-        used += footprint(runs[-1])
+        run = recipe.setup(copy.deepcopy(base), tokenizer, name, run_inputs)
+        if not runs:
+            budget, source = memory_budget(run)
+        runs.append(run)
+        sizes.append(footprint(run))
+    for index, run in enumerate(runs):
+        run.record.memory_plan = (
+            f"memory plan: packed, member {index + 1} of {len(runs)}, no layers checkpointed; "
+            f"estimated pack {sum(sizes) / MIB:.0f} MiB (this member {sizes[index] / MIB:.0f}) of "
+            f"{budget / MIB:.0f} MiB budget beyond what the process holds ({source}); "
+            f"{precision_name(run.autocast)}"
+        )
     return runs
 
 
