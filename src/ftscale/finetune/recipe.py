@@ -989,7 +989,9 @@ def _make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], lr: f
             relative_step=False,
             warmup_init=False,
         )
-    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    # On a GPU the fused kernel updates every tensor in one launch (same arithmetic).
+    fused = bool(params) and all(p.device.type == "cuda" for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, fused=fused or None)
 
 
 def _keep_best(run: Run) -> None:
