@@ -56,3 +56,27 @@ def test_a_wide_run_records_its_precision_and_bf16_off_is_float32(tok, run_toy, 
     # the loss stays float32 (chunked head): bf16 products move it little on this tiny model
     assert fast.test_nll == pytest.approx(plain.test_nll, abs=0.05)
     assert fast.test_nll != plain.test_nll
+
+
+def test_frozen_weights_held_in_bf16_change_no_number(tok, pairs, monkeypatch):
+    """Autocast rounds a frozen float32 weight to bf16 for every product: holding it in bf16
+    gives the same numbers, bit for bit; the returned model has its float32 weights back."""
+    from ftscale.finetune import finetune, make_method, recipe
+
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
+    wide = make_model(tok, hidden=CPU_BF16_MIN_WIDTH, layers=1)
+    train, dev, test = pairs
+    config = TrainConfig(max_steps=3, batch_size=4, gen_examples=2, dev_examples=8, eval_every=1)
+
+    def run():
+        return finetune(model=wide, tokenizer=tok, method=make_method("lora", rank=2),
+                        train=train, dev=dev, test=test, train_config=config, return_model=True)
+
+    held = run()
+    monkeypatch.setattr(recipe, "store_frozen_in", lambda model, dtype: [])
+    cast_each_step = run()
+    assert held.record.dtype == "bfloat16-autocast"
+    assert held.record.dev_history == cast_each_step.record.dev_history
+    assert held.record.test_nll == cast_each_step.record.test_nll
+    linears = [m for m in held.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.float32 for m in linears)

@@ -14,6 +14,12 @@ multiplies bf16 natively and the model is wide enough for that to pay:
 Weights, optimizer state and the output head's loss stay float32 (autocast only casts the inputs
 of matrix products; the head's chunked loss keeps float32 logits). ``bf16 = false`` is float32
 everywhere. The record's ``dtype`` says which was used, and the memory plan's line too.
+
+The frozen weights of linear layers (a LoRA or prompt-tuning run's base model) are the one thing
+held in bf16 during such a run (:func:`store_frozen_in`): autocast would round them to bf16 for
+every product anyway, so the numbers are the same, without a cast of every weight in every step
+(about a tenth of a SmolLM2 LoRA step) or the bf16 copies autograd keeps of them for the backward
+pass. The float32 originals are put back when the run ends.
 """
 
 from __future__ import annotations
@@ -79,3 +85,28 @@ def autocast_dtype(device: torch.device, bf16: bool, model: Any) -> torch.dtype 
 def precision_name(dtype: torch.dtype | None) -> str:
     """The record's ``dtype``: ``bfloat16-autocast`` or ``float32``."""
     return "bfloat16-autocast" if dtype is not None else "float32"
+
+
+def store_frozen_in(model: torch.nn.Module, dtype: torch.dtype) -> list[tuple[Any, Any]]:
+    """Hold the frozen weights of ``model``'s linear layers in ``dtype`` (the output head, tied
+    to the input embeddings in many models, excepted); returns ``(layer, original weight)``
+    pairs for :func:`restore_frozen`."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    swapped = []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (
+            isinstance(module, torch.nn.Linear)
+            and module is not head
+            and not weight.requires_grad
+            and weight.dtype != dtype
+        ):
+            swapped.append((module, weight))
+            module.weight = torch.nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+    return swapped
+
+
+def restore_frozen(swapped: list[tuple[Any, Any]]) -> None:
+    """Put back the original weights :func:`store_frozen_in` replaced."""
+    for module, weight in swapped:
+        module.weight = weight

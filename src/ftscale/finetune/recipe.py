@@ -81,7 +81,12 @@ from ftscale.finetune.methods import (
     count_parameters,
     make_method,
 )
-from ftscale.finetune.precision import autocast_dtype, precision_name
+from ftscale.finetune.precision import (
+    autocast_dtype,
+    precision_name,
+    restore_frozen,
+    store_frozen_in,
+)
 from ftscale.finetune.record import RunRecord, library_versions
 from ftscale.finetune.spec import FinetuneJob, TaskConfig, TrainConfig, steps_per_epoch
 from ftscale.finetune.tasks import (
@@ -396,6 +401,7 @@ class Run:
     phase: str = "preparing"
     loop: Any = None  # the training loop's state (Loop), from start_loop
     splits: dict[int, DeviceSplit] = dataclasses.field(default_factory=dict)
+    frozen: list = dataclasses.field(default_factory=list)  # weights held in bf16, to put back
 
     @property
     def config(self) -> TrainConfig:
@@ -504,6 +510,8 @@ def _apply(run: Run) -> None:
         run.model, probe[0].to(run.device), probe[1].to(run.device)
     )
     record.fast_head = run.fast
+    if run.autocast is not None and not run.inputs.method.trains_base:
+        run.frozen = store_frozen_in(run.model, run.autocast)
 
 
 def plan_memory(run: Run, progress: Any = None) -> None:
@@ -967,8 +975,11 @@ def _score_eval(run: Run, data: EvalData) -> dict[str, Any]:
 
 
 def cleanup(run: Run, started: float) -> None:
-    """Step 4: the run's wall time and peak memory (the GPU's peak allocation on a GPU, the
-    process's peak resident memory on CPU) into the record."""
+    """Step 4: the frozen weights held in bf16 put back (float32 originals), the run's wall time
+    and peak memory (the GPU's peak allocation on a GPU, the process's peak resident memory on
+    CPU) into the record."""
+    restore_frozen(run.frozen)
+    run.frozen = []
     record = run.record
     record.wall_s = time.perf_counter() - started
     if run.device.type == "cuda":
