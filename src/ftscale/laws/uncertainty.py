@@ -64,22 +64,27 @@ class Bootstrap:
         return int(np.isnan(self.thetas).any(axis=1).sum())
 
     def samples(self) -> dict[str, np.ndarray]:
-        """Reported parameters of every replicate: ``{name: array (n_boot,)}``."""
+        """Reported parameters of every replicate: ``{name: array (n_boot,)}``. A replicate
+        whose log-searched scale left float range (an A of exp(800) where the runs do not pin
+        A) reports it as inf: such a parameter is reported as not identified."""
         form = self.law.form_
-        return {
-            form.log_params.get(p, p): np.exp(col) if p in form.log_params else col
-            for p, col in zip(form.params, self.thetas.T, strict=True)
-        }
+        with np.errstate(over="ignore"):
+            return {
+                form.log_params.get(p, p): np.exp(col) if p in form.log_params else col
+                for p, col in zip(form.params, self.thetas.T, strict=True)
+            }
 
     def intervals(self, level: float = LEVEL) -> dict[str, tuple[float, float]]:
         """Percentile interval of each reported parameter at ``level`` (e.g. 0.95)."""
         return {name: percentile_interval(values, level) for name, values in self.samples().items()}
 
     def laws(self) -> list[ScalingLaw]:
-        """One :class:`ScalingLaw` per fitted replicate."""
+        """One :class:`ScalingLaw` per fitted replicate, built from its search-space vector
+        (through the reported values, a replicate whose E collapsed below exp(-745) would come
+        back with E = 0 exactly, log E = -inf and NaN predictions)."""
         form = self.law.form_
         return [
-            ScalingLaw.from_params(form, form.to_reported(theta), space=self.law.space)
+            ScalingLaw.from_theta(form, theta, space=self.law.space)
             for theta in self.thetas
             if np.isfinite(theta).all()
         ]
