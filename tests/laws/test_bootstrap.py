@@ -98,3 +98,17 @@ def test_a_replicate_whose_floor_collapsed_below_float_range_still_predicts_and_
     # A law given E = 0 (or saved after E underflowed) predicts its reducible part alone.
     zero_floor = ScalingLaw.from_params("multiplicative", {**steep.params_, "E": 0.0})
     assert zero_floor.predict(point)[0] == pytest.approx(steep.predict(point)[0] - 1.0)
+
+
+def test_recentred_interval_keeps_the_width_and_holds_the_estimate():
+    from ftscale.laws.uncertainty import percentile_interval, recentred_interval
+
+    replicates = np.random.default_rng(0).gamma(2.0, 0.01, 400) + 0.02  # all above 0.015
+    plain = percentile_interval(replicates, 0.9)
+    assert plain[0] > 0.015  # the percentile interval misses the estimate
+    low, high = recentred_interval(replicates, 0.015, 0.9)
+    assert low < 0.015 < high
+    assert high - low == pytest.approx(plain[1] - plain[0])
+    assert np.median(replicates) - 0.015 == pytest.approx(plain[0] - low)
+    assert recentred_interval(replicates, 0.001, 0.9, floor=0.0)[0] == 0.0
+    assert np.isnan(recentred_interval(np.full(5, np.nan), 0.1, 0.9)).all()

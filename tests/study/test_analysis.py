@@ -188,3 +188,19 @@ def test_the_quickstart_analysis_warns_nothing(quickstart):
     # every replicate pair (79-87 % before, the collapsed replicates counted as never crossing).
     shares = [c["crossing_share"] for c in quickstart["critical"] if c["first"] == "fmt"]
     assert len(shares) == 8 and min(shares) >= 0.9
+
+
+def test_heldout_error_intervals_hold_their_estimates(quickstart):
+    """Finding 1's Delta_h intervals and the law choice's Delta_h differences are re-centred on
+    their estimates: the quickstart's prompt Delta_h of 0.0185 had the percentile interval
+    [0.0187, 0.0892], which excludes it."""
+    (first,) = [f for f in quickstart["findings"] if f["number"] == 1]
+    for c in first["comparisons"]:
+        low, high = c["interval"]
+        assert 0.0 <= low <= c["estimate"] <= high, c
+    fits = {(f["method"], f["sweep"], f["form"]): f["delta_h"] for f in quickstart["fits"]}
+    for choice in quickstart["law_choice"]:
+        best = fits[(choice["method"], choice["sweep"], choice["best"])]
+        for d in choice["differences"]:
+            gap = best - fits[(choice["method"], choice["sweep"], d["rival"])]
+            assert d["interval"][0] <= gap <= d["interval"][1], (choice, gap)

@@ -135,6 +135,37 @@ def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
+def recentred_interval(
+    values: np.ndarray, estimate: float, level: float, *, floor: float | None = None
+) -> tuple[float, float]:
+    """Percentile interval of replicate ``values`` shifted by their median bias (median -
+    ``estimate``): the same width, its median on the estimate; ends below ``floor`` are raised
+    to it. (NaN, NaN) without finite values.
+
+    For a held-out error (a mean absolute error of predictions) the replicates are biased
+    upward: each replicate's law adds its own deviation to the one the estimate already carries,
+    and |.| turns deviations of either sign into error, so the plain percentile interval can lie
+    wholly above its estimate (the quickstart's prompt Delta_h 0.0185 came out as [0.0187,
+    0.0892]). Efron's bias-corrected percentile interval corrects the same bias through the
+    share of replicates below the estimate; at this bias (often under 5 % of them) both its ends
+    move to the lowest replicates and the interval collapses. In the coverage simulation of
+    ``tests/laws/test_coverage.py`` (the quickstart's design, 200 studies) nominal-90 % intervals
+    of Delta_h covered the expected held-out error of such a study 63 % of the time when
+    bias-corrected that way, 96 % as plain percentiles (which missed their own estimate in 7 %
+    of the studies) and 96.5 % re-centred, which always held its estimate.
+    """
+    values = np.asarray(values, float)
+    low, high = percentile_interval(values, level)
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return low, high
+    shift = float(np.median(finite)) - float(estimate)
+    low, high = low - shift, high - shift
+    if floor is not None:
+        low, high = max(low, floor), max(high, floor)
+    return low, high
+
+
 #: Most replicates one bootstrap may ask for: 100,000 refits take about an hour on 2 cores, and
 #: percentile intervals at 95 % stop changing long before (their Monte-Carlo error at 10,000
 #: replicates is already below 0.5 % of the interval's width).

@@ -651,6 +651,17 @@ def _quantile_interval(values, level: float) -> list[float] | None:
     return list(percentile_interval(np.asarray(values, float), level))
 
 
+def _error_interval(values, estimate, level: float, floor: float | None = None):
+    """The interval of a held-out error (or a difference of two) from its replicates, re-centred
+    on the estimate (:func:`ftscale.laws.uncertainty.recentred_interval`: the replicates' errors
+    are biased upward); None with fewer than two finite replicates or no estimate."""
+    from ftscale.laws.uncertainty import recentred_interval
+
+    if estimate is None or values is None or np.isfinite(np.asarray(values, float)).sum() < 2:
+        return None
+    return list(recentred_interval(np.asarray(values, float), estimate, level, floor=floor))
+
+
 def _param(inp: _FindingInputs, method: str, sweep: str, name: str):
     """A multiplicative fit's parameter: (estimate, replicates or None, why it is not
     identified or "")."""
@@ -662,9 +673,18 @@ def _param(inp: _FindingInputs, method: str, sweep: str, name: str):
     return fit["params"][name], sample.get("params", {}).get(name), why
 
 
-def _compare(label: str, estimate, draws, inp: _FindingInputs, bounds, why: str = "") -> dict:
-    """One comparison: its estimate, its interval at the study's level and its verdict."""
-    interval = None if why else _quantile_interval(draws, inp.level)
+def _compare(
+    label: str, estimate, draws, inp: _FindingInputs, bounds, why: str = "", *, error=False
+) -> dict:
+    """One comparison: its estimate, its interval at the study's level (percentiles of the
+    replicates; for a held-out ``error``, re-centred on the estimate: :func:`_error_interval`)
+    and its verdict."""
+    if why:
+        interval = None
+    elif error:
+        interval = _error_interval(draws, estimate, inp.level, floor=0.0)
+    else:
+        interval = _quantile_interval(draws, inp.level)
     verdict = decide(interval, *bounds)
     return {
         "label": label,
@@ -699,8 +719,8 @@ def _shown(c: dict) -> str:
 @register_finding(1)
 def _small_heldout_error(inp: _FindingInputs) -> dict:
     """(1) the multiplicative law fits with small held-out error: each method's model-size
-    Delta_h, with its interval over the replicates, below :data:`SMALL_DELTA_H` of the mean
-    loss."""
+    Delta_h, with its interval over the replicates (re-centred on the estimate), below
+    :data:`SMALL_DELTA_H` of the mean loss."""
     claim = "The multiplicative law fits with small held-out error"
     held = [(m, inp.get[(m, "model_size")]) for m in inp.methods if (m, "model_size") in inp.get]
     held = [(m, f) for m, f in held if f["delta_h"] is not None]
@@ -715,6 +735,7 @@ def _small_heldout_error(inp: _FindingInputs) -> dict:
             inp.samples.get((m, "model_size", "multiplicative"), {}).get("delta_h"),
             inp,
             (None, limit),
+            error=True,
         )
         for m, f in held
     ]
@@ -900,20 +921,23 @@ def best_forms(fits: list[dict]) -> dict[str, str]:
 def law_choice(fits: list[dict], samples: dict, level: float) -> list[dict]:
     """Per ``method/sweep``, which form predicts the held-out runs best and whether the
     replicates say so: the best form's Delta_h minus each rival's, replicate by replicate (the
-    parametric replicates of two forms share their noise draws, so the pairs are matched).
-    ``winner`` is the best form when every difference's interval lies below zero, else None."""
+    parametric replicates of two forms share their noise draws, so the pairs are matched), its
+    interval re-centred on the difference of the estimates (:func:`_error_interval`: each
+    form's replicate errors are biased upward, the more variable form's more). ``winner`` is
+    the best form when every difference's interval lies below zero, else None."""
     out = []
     best = best_forms(fits)
     for key, form in best.items():
         method, sweep = key.split("/")
-        rivals = [
-            f for f in fits if (f["method"], f["sweep"]) == (method, sweep) and f["form"] != form
-        ]
+        own = [f for f in fits if (f["method"], f["sweep"]) == (method, sweep)]
+        rivals = [f for f in own if f["form"] != form]
         mine = samples.get((method, sweep, form), {}).get("delta_h")
+        best_delta = next(f["delta_h"] for f in own if f["form"] == form)
         differences = []
         for rival in rivals:
             theirs = samples.get((method, sweep, rival["form"]), {}).get("delta_h")
-            interval = _quantile_interval(_difference(mine, theirs), level)
+            gap = None if rival["delta_h"] is None else best_delta - rival["delta_h"]
+            interval = _error_interval(_difference(mine, theirs), gap, level)
             differences.append({"rival": rival["form"], "interval": interval})
         clear = bool(differences) and all(
             d["interval"] is not None and d["interval"][1] < 0 for d in differences
