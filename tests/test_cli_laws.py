@@ -346,3 +346,41 @@ def test_fit_reports_the_ensemble_row_and_the_default_prediction(two_method_tabl
     assert code == 0
     assert "default prediction for fmt: ensemble (--prediction ensemble)" in out
     assert "ensemble" in out and "weights" in out
+
+
+def test_critical_gives_ensembles_intervals_and_a_saved_fit_keeps_its_ensembles(
+    two_method_table, tmp_path
+):
+    """`critical` crosses each group's default prediction; an ensemble's crossing gets an
+    interval from its forms' replicates, and a fit saved with its ensembles gives `critical`
+    the same predictions, crossings and intervals as the table it came from."""
+    saved = tmp_path / "fits.json"
+    forms = ["--x", "params", "-f", "multiplicative", "-f", "power", "--holdout", "max:params"]
+    fitting = [*forms, "--bootstrap", "12", "--prediction", "ensemble"]
+    code, _, err = run("fit", two_method_table, *fitting, "--save", saved, "--quiet")
+    assert code == 0, err
+    code, out, err = run("critical", two_method_table, *fitting, "--at", "1e8", "--json")
+    assert code == 0, err
+    direct = json.loads(out)
+    (point,) = direct["critical"]
+    assert point["forms"] == {"fmt": "ensemble", "lora": "ensemble"}
+    assert point["interval"][0] <= point["crossings"][0] <= point["interval"][1]
+    assert 0 < point["crossing_share"] <= 1
+    assert [p["used"] for p in direct["prediction"]] == ["ensemble", "ensemble"]
+    code, out, err = run("critical", saved, "--at", "1e8", "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["prediction"] == direct["prediction"]
+    (back,) = again["critical"]
+    for key in ("forms", "crossing_share", "leader", "interval"):  # replicates saved exactly
+        assert back[key] == point[key]
+    # The laws' parameters are saved as reported values (exp of their logs): equal to 1e-12.
+    assert back["crossings"] == pytest.approx(point["crossings"], rel=1e-12)
+    code, out, _ = run("critical", saved, "--at", "1e8")
+    assert code == 0 and "default prediction for fmt: ensemble (--prediction ensemble)" in out
+    # Asking a saved fit for one form crosses that form's fits alone.
+    code, out, _ = run("critical", saved, "--at", "1e8", "-f", "multiplicative", "--json")
+    assert code == 0
+    (alone,) = json.loads(out)["critical"]
+    assert alone["forms"] == {"fmt": "multiplicative", "lora": "multiplicative"}
+    assert json.loads(out)["prediction"] == []

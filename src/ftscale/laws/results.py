@@ -306,6 +306,19 @@ class Fits(list):
     group_columns: list[str]
     ensembles: list
 
+    def restricted(self, forms: Sequence[str]) -> Fits:
+        """The fits of ``forms`` only, with their groups' selections, and the ensembles whose
+        weighted forms are all among them (an ensemble of other forms is not what was asked)."""
+        out = Fits(r for r in self if r.form in forms)
+        out.selections = list(getattr(self, "selections", []))
+        out.group_columns = list(getattr(self, "group_columns", []))
+        out.ensembles = [
+            e
+            for e in getattr(self, "ensembles", [])
+            if all(form in forms for form, weight in e.weights.items() if weight > 0)
+        ]
+        return out
+
     def to_dict(self, points: bool = True) -> dict:
         """The JSON document of ``ftscale fit --json`` / ``--save``."""
         return {

@@ -530,6 +530,58 @@ def crossing_samples(
     return np.asarray(out)
 
 
+def mixture_crossing_samples(
+    first: Sequence[tuple[float, Bootstrap]],
+    second: Sequence[tuple[float, Bootstrap]],
+    x: float | None = None,
+    d_range: tuple[float, float] = D_RANGE,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """First crossings of two mixtures of replicates (``(weight, Bootstrap)`` pairs, weights
+    summing to 1 on each side: one form's replicates, or an ensemble's forms'): every pair of
+    parts f, g gives :func:`crossing_samples`, each sample weighing w_f w_g / its count.
+
+    Returns (samples, weights, share): NaN samples where a pair does not cross, and the share
+    of the mixture's pairs that cross (the weighted share; for one form on each side, the plain
+    share of crossing replicate pairs).
+    """
+    samples, weights, share, total = [], [], 0.0, 0.0
+    for w1, b1 in first:
+        for w2, b2 in second:
+            found = crossing_samples(b1, b2, x, d_range)
+            if found.size:
+                samples.append(found)
+                weights.append(np.full(found.size, w1 * w2 / found.size))
+                share += w1 * w2 * float(np.isfinite(found).mean())
+                total += w1 * w2
+    if not samples:
+        return np.zeros(0), np.zeros(0), float("nan")
+    return np.concatenate(samples), np.concatenate(weights), share / total
+
+
+def weighted_percentile_interval(
+    values: np.ndarray, weights: np.ndarray, level: float
+) -> tuple[float, float]:
+    """Central interval at ``level`` of the finite ``values`` with ``weights``: linear
+    interpolation between the weighted order statistics, the value of rank i placed at the
+    cumulative weight before it over the total less the last weight (with equal weights this is
+    exactly :func:`percentile_interval`); (NaN, NaN) if no value is finite."""
+    values, weights = np.asarray(values, float), np.asarray(weights, float)
+    ok = np.isfinite(values) & (weights > 0)
+    values, weights = values[ok], weights[ok]
+    if values.size and np.ptp(weights) == 0:
+        return percentile_interval(values, level)
+    percentile_interval(np.zeros(1), level)  # validates the level
+    if values.size == 0:
+        return (float("nan"), float("nan"))
+    order = np.argsort(values, kind="stable")
+    values, weights = values[order], weights[order]
+    before = np.cumsum(weights) - weights
+    span = before[-1] if values.size > 1 else 1.0
+    tail = (1 - level) / 2
+    low, high = np.interp([tail, 1 - tail], before / span, values)
+    return float(low), float(high)
+
+
 def crossing_interval(
     first: Bootstrap,
     second: Bootstrap,
