@@ -485,15 +485,27 @@ def default_critical_points(
     """Critical D_f between every pair of groups' default predictions (:func:`default_laws`):
     an ensemble's crossings are those of its weighted mean law, its crossing interval and share
     those of its forms' replicates mixed with its weights (:func:`_crossing_spread`)."""
+    return prediction_critical_points(default_laws(results), xs=xs, d_range=d_range, level=level)
+
+
+def prediction_critical_points(
+    predictions: Sequence,
+    *,
+    xs: Sequence[float] | None = None,
+    d_range: tuple[float, float] = D_RANGE,
+    level: float = LEVEL,
+) -> list[CriticalPoint]:
+    """Critical D_f between every pair of ``predictions``, one per group: fits
+    (:class:`FitResult`) or ensembles, whatever their forms (see :func:`default_critical_points`
+    for the intervals of ensembles)."""
     check_critical_inputs(xs, d_range)
-    chosen = default_laws(results)
-    if len(chosen) < 2:
+    if len(predictions) < 2:
         raise UserError(
-            f"critical points need fits of at least two groups, got {len(chosen)} (group the "
-            f"runs with --group COL; the default is {DEFAULT_GROUP!r})"
+            f"critical points need fits of at least two groups, got {len(predictions)} (group "
+            f"the runs with --group COL; the default is {DEFAULT_GROUP!r})"
         )
     out = []
-    for first, second in itertools.combinations(chosen, 2):
+    for first, second in itertools.combinations(predictions, 2):
         out += _pair_points(first, second, xs=xs, d_range=d_range, level=level)
     return out
 
