@@ -260,9 +260,7 @@ def test_mixed_form_plot_and_selection_in_json(two_method_table, tmp_path):
     assert all(ignored in f["warnings"] for f in power)
     for selection in document["selection"]:
         assert selection["form"] == "multiplicative" and selection["folds"]
-        chosen = [
-            f for f in document["fits"] if f["group"] == selection["group"] and f["selected"]
-        ]
+        chosen = [f for f in document["fits"] if f["group"] == selection["group"] and f["selected"]]
         assert [f["form"] for f in chosen] == ["multiplicative"]
         assert chosen[0]["selection_score"] == pytest.approx(selection["scores"]["multiplicative"])
 
@@ -384,3 +382,39 @@ def test_critical_gives_ensembles_intervals_and_a_saved_fit_keeps_its_ensembles(
     (alone,) = json.loads(out)["critical"]
     assert alone["forms"] == {"fmt": "multiplicative", "lora": "multiplicative"}
     assert json.loads(out)["prediction"] == []
+
+
+def test_fit_plot_draws_each_groups_ensemble_with_its_band(two_method_table, tmp_path):
+    """`fit --plot` with several forms: each panel has the ensemble's curve per X with its
+    mixture interval as a band, and the legend marks the default prediction."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from ftscale.laws import fit_table
+    from ftscale.report import figures
+
+    frame = pd.read_parquet(two_method_table)
+    fits = fit_table(
+        {c: frame[c].to_numpy() for c in frame.columns},
+        y="test_nll",
+        d="examples",
+        x="params",
+        forms=["multiplicative", "power"],
+        holdout="max:params",
+        n_bootstrap=12,
+        prediction="ensemble",
+    )
+    ensemble = next(e for e in fits.ensembles if e.group == "fmt")
+    fig, ax = plt.subplots()
+    figures._panel(ax, [r for r in fits if r.group == "fmt"], ["multiplicative", "power"], ensemble)
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert any(label.startswith("ensemble (default): Δe=") for label in labels)
+    assert not any("(default)" in label for label in labels if label.startswith("power"))
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == len(np.unique(ensemble.sizes[:, 0])) == 4
+    plt.close(fig)
+    plot = tmp_path / "fit.png"
+    args = ["--x", "params", "-f", "multiplicative", "-f", "power", "--bootstrap", "8"]
+    code, _, err = run("fit", two_method_table, *args, "--plot", plot, "--quiet")
+    assert code == 0, err
+    assert plot.read_bytes()[:4] == b"\x89PNG"
