@@ -23,7 +23,6 @@ from ftscale.laws.ensemble import (
     attach_bands,
     build_ensemble,
     check_prediction,
-    replicate_mixture,
     request,
 )
 from ftscale.laws.fit import FitWarning, ScalingLaw, Space
@@ -547,9 +546,9 @@ def _pair_points(
 def _crossing_spread(r1, r2, x, d_range, level: float) -> tuple[tuple | None, float | None]:
     """(interval of the first crossing, share of replicate pairs that cross) of two predictions,
     fits or ensembles: the crossings of their replicates, an ensemble's being its forms'
-    replicates each weighing the form's weight (:func:`replicate_mixture`); (None, None) when a
-    side was not bootstrapped."""
-    first, second = replicate_mixture(r1), replicate_mixture(r2)
+    replicates each weighing the form's weight (their ``mixture()``); (None, None) when a side
+    was not bootstrapped."""
+    first, second = r1.mixture(), r2.mixture()
     if first is None or second is None:
         return None, None
     samples, weights, share = mixture_crossing_samples(first, second, x, d_range)

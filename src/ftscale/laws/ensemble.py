@@ -179,6 +179,20 @@ class EnsembleResult:
             return None
         return np.vstack(draws), np.concatenate(weights)
 
+    def mixture(self) -> list[tuple[float, Bootstrap]] | None:
+        """The bootstrap replicates behind this prediction, as (weight, replicates) pairs: each
+        weighted form's, with the form's weight (the mixture its intervals read off); None when
+        a weighted form was not bootstrapped. A fit's is its own, weight 1
+        (:meth:`ftscale.laws.FitResult.mixture`)."""
+        out = []
+        for member in self.members:
+            weight = self.weights.get(member.form, 0.0)
+            if weight > 0:
+                if member.bootstrap is None:
+                    return None
+                out.append((weight, member.bootstrap))
+        return out or None
+
     def predict_interval(self, sizes, level: float | None = None):
         """Pointwise mixture prediction interval (low, high) at ``sizes``; None without
         bootstraps."""
@@ -331,22 +345,6 @@ def _saved_bands(points: Sequence[Mapping], n: int) -> np.ndarray | None:
     return np.array(
         [[np.nan if v is None else float(v) for v in p["interval"]] for p in points], float
     ).reshape(n, 2)
-
-
-def replicate_mixture(result) -> list[tuple[float, Bootstrap]] | None:
-    """The bootstrap replicates behind a prediction, as (weight, replicates) pairs: a fit's own
-    (weight 1), or an ensemble's weighted members' (weight w_f each), the mixture its interval
-    reads off; None when a part was not bootstrapped."""
-    if not isinstance(result, EnsembleResult):
-        return None if result.bootstrap is None else [(1.0, result.bootstrap)]
-    out = []
-    for member in result.members:
-        weight = result.weights.get(member.form, 0.0)
-        if weight > 0:
-            if member.bootstrap is None:
-                return None
-            out.append((weight, member.bootstrap))
-    return out or None
 
 
 def _used(selection: Selection, prediction: str) -> tuple[str, str]:

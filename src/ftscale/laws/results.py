@@ -205,6 +205,13 @@ class FitResult:
         """Share of held-out runs inside their prediction interval (None without bands)."""
         return band_coverage(self.bands, self.observed, self.heldout, self.level)
 
+    def mixture(self) -> list[tuple[float, Bootstrap]] | None:
+        """The bootstrap replicates behind this prediction as (weight, replicates) pairs: its
+        own, weight 1 (None without a bootstrap). An ensemble's are its forms', each with its
+        weight (:meth:`ftscale.laws.ensemble.EnsembleResult.mixture`): critical points read
+        either alike."""
+        return None if self.bootstrap is None else [(1.0, self.bootstrap)]
+
     def to_dict(self, points: bool = False) -> dict:
         """The JSON record of ``ftscale fit --json`` (``points=True`` adds per-run predictions)."""
         record = {
