@@ -260,9 +260,7 @@ def test_mixed_form_plot_and_selection_in_json(two_method_table, tmp_path):
     assert all(ignored in f["warnings"] for f in power)
     for selection in document["selection"]:
         assert selection["form"] == "multiplicative" and selection["folds"]
-        chosen = [
-            f for f in document["fits"] if f["group"] == selection["group"] and f["selected"]
-        ]
+        chosen = [f for f in document["fits"] if f["group"] == selection["group"] and f["selected"]]
         assert [f["form"] for f in chosen] == ["multiplicative"]
         assert chosen[0]["selection_score"] == pytest.approx(selection["scores"]["multiplicative"])
 
@@ -346,3 +344,77 @@ def test_fit_reports_the_ensemble_row_and_the_default_prediction(two_method_tabl
     assert code == 0
     assert "default prediction for fmt: ensemble (--prediction ensemble)" in out
     assert "ensemble" in out and "weights" in out
+
+
+def test_critical_gives_ensembles_intervals_and_a_saved_fit_keeps_its_ensembles(
+    two_method_table, tmp_path
+):
+    """`critical` crosses each group's default prediction; an ensemble's crossing gets an
+    interval from its forms' replicates, and a fit saved with its ensembles gives `critical`
+    the same predictions, crossings and intervals as the table it came from."""
+    saved = tmp_path / "fits.json"
+    forms = ["--x", "params", "-f", "multiplicative", "-f", "power", "--holdout", "max:params"]
+    fitting = [*forms, "--bootstrap", "12", "--prediction", "ensemble"]
+    code, _, err = run("fit", two_method_table, *fitting, "--save", saved, "--quiet")
+    assert code == 0, err
+    code, out, err = run("critical", two_method_table, *fitting, "--at", "1e8", "--json")
+    assert code == 0, err
+    direct = json.loads(out)
+    (point,) = direct["critical"]
+    assert point["forms"] == {"fmt": "ensemble", "lora": "ensemble"}
+    assert point["interval"][0] <= point["crossings"][0] <= point["interval"][1]
+    assert 0 < point["crossing_share"] <= 1
+    assert [p["used"] for p in direct["prediction"]] == ["ensemble", "ensemble"]
+    code, out, err = run("critical", saved, "--at", "1e8", "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["prediction"] == direct["prediction"]
+    (back,) = again["critical"]
+    for key in ("forms", "crossing_share", "leader", "interval"):  # replicates saved exactly
+        assert back[key] == point[key]
+    # The laws' parameters are saved as reported values (exp of their logs): equal to 1e-12.
+    assert back["crossings"] == pytest.approx(point["crossings"], rel=1e-12)
+    code, out, _ = run("critical", saved, "--at", "1e8")
+    assert code == 0 and "default prediction for fmt: ensemble (--prediction ensemble)" in out
+    # Asking a saved fit for one form crosses that form's fits alone.
+    code, out, _ = run("critical", saved, "--at", "1e8", "-f", "multiplicative", "--json")
+    assert code == 0
+    (alone,) = json.loads(out)["critical"]
+    assert alone["forms"] == {"fmt": "multiplicative", "lora": "multiplicative"}
+    assert json.loads(out)["prediction"] == []
+
+
+def test_fit_plot_draws_each_groups_ensemble_with_its_band(two_method_table, tmp_path):
+    """`fit --plot` with several forms: each panel has the ensemble's curve per X with its
+    mixture interval as a band, and the legend marks the default prediction."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from ftscale.laws import fit_table
+    from ftscale.report import figures
+
+    frame = pd.read_parquet(two_method_table)
+    fits = fit_table(
+        {c: frame[c].to_numpy() for c in frame.columns},
+        y="test_nll",
+        d="examples",
+        x="params",
+        forms=["multiplicative", "power"],
+        holdout="max:params",
+        n_bootstrap=12,
+        prediction="ensemble",
+    )
+    ensemble = next(e for e in fits.ensembles if e.group == "fmt")
+    fig, ax = plt.subplots()
+    figures._panel(ax, [r for r in fits if r.group == "fmt"], ["multiplicative", "power"], ensemble)
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert any(label.startswith("ensemble (default): Δe=") for label in labels)
+    assert not any("(default)" in label for label in labels if label.startswith("power"))
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == len(np.unique(ensemble.sizes[:, 0])) == 4
+    plt.close(fig)
+    plot = tmp_path / "fit.png"
+    args = ["--x", "params", "-f", "multiplicative", "-f", "power", "--bootstrap", "8"]
+    code, _, err = run("fit", two_method_table, *args, "--plot", plot, "--quiet")
+    assert code == 0, err
+    assert plot.read_bytes()[:4] == b"\x89PNG"

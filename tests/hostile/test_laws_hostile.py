@@ -32,6 +32,33 @@ SAVED = json.dumps(
         ]
     }
 )
+
+
+def _two_forms(ensemble=None, selection=None) -> str:
+    """Saved fits of two forms per group, with an ``ensemble`` record (changed by the caller)
+    and optionally a ``selection`` record."""
+    fits = [
+        {
+            "form": form,
+            "group": g,
+            "space": "log",
+            "params": params,
+            "variables": {"d": "examples"},
+            "points": [],
+        }
+        for g in ("fmt", "lora")
+        for form, params in (
+            ("power", {"A": 5.0, "beta": 0.2, "E": 1.0}),
+            ("rectified", {"B": 5.0, "D_l": 2.0, "beta": 0.2, "E": 1.0}),
+        )
+    ]
+    record = {"group": "fmt", "weights": {"power": 0.6, "rectified": 0.4}, "used": "ensemble"}
+    document = {"fits": fits, "ensemble": [{**record, **(ensemble or {})}]}
+    if selection is not None:
+        document["selection"] = [selection]
+    return json.dumps(document)
+
+
 FILES = {
     "runs": ("runs.csv", RUNS),
     "abc": ("abc.csv", RUNS.replace("fmt,1000000.0,300,", "fmt,1000000.0,abc,")),
@@ -49,6 +76,20 @@ FILES = {
     "scalar": ("scalar.json", "3"),
     "badlines": ("lines.json", '{"examples": 1, "test_nll": 2}\n[1, 2]\n'),
     "object": ("object.json", '{\n "examples": [1, 2],\n "test_nll": [3, 2]\n}\n'),
+    "ens_unknown_form": ("ens1.json", _two_forms({"weights": {"power": 0.6, "quartic": 0.4}})),
+    "ens_weights_sum": ("ens2.json", _two_forms({"weights": {"power": 0.6, "rectified": 0.6}})),
+    "ens_negative": ("ens3.json", _two_forms({"weights": {"power": 1.5, "rectified": -0.5}})),
+    "ens_weight_text": ("ens4.json", _two_forms({"weights": {"power": "most", "rectified": 0}})),
+    "ens_used": ("ens5.json", _two_forms({"used": "quartic"})),
+    "ens_group": ("ens6.json", _two_forms({"group": "dora"})),
+    "ens_no_weights": ("ens7.json", _two_forms({"weights": None})),
+    "ens_not_list": ("ens8.json", json.dumps({**json.loads(_two_forms()), "ensemble": 3})),
+    "ens_not_object": ("ens9.json", json.dumps({**json.loads(_two_forms()), "ensemble": [3]})),
+    "sel_direction": (
+        "sel.json",
+        _two_forms(selection={"group": "fmt", "axis": "examples", "direction": "sideways"}),
+    ),
+    "sel_no_axis": ("sel2.json", _two_forms(selection={"group": "fmt", "direction": "max"})),
     "syntax": ("syntax.py", "def f(:\n"),
     "raises": ("raises.py", "raise RuntimeError('boom')\n"),
     "notform": ("notform.py", "NUM = 3\n"),
@@ -98,6 +139,50 @@ CASES = [
     ("JSON lines with an array line", ["critical", "{badlines}"], r"line 2|row 2"),
     ("JSON object, not saved fits", ["fit", "{object}"], r"got an object without 'fits'"),
     ("fit given a saved fit", ["fit", "{saved}"], r"holds saved fits"),
+    # Saved ensembles (a group's combined forms and its default prediction) rebuilt or refused.
+    (
+        "saved ensemble of an unfitted form",
+        ["critical", "{ens_unknown_form}"],
+        r"ensemble 1: .*'quartic' names no fitted form",
+    ),
+    (
+        "saved ensemble weights over 1",
+        ["critical", "{ens_weights_sum}"],
+        r"ensemble 1: .*summing to 1",
+    ),
+    ("saved ensemble negative weight", ["critical", "{ens_negative}"], r"0 or more, summing to 1"),
+    (
+        "saved ensemble weight as text",
+        ["critical", "{ens_weight_text}"],
+        r"ensemble 1: saved ensemble has a malformed record",
+    ),
+    (
+        "saved ensemble default unknown",
+        ["critical", "{ens_used}"],
+        r"default prediction 'quartic' names no fitted form",
+    ),
+    ("saved ensemble of no group", ["critical", "{ens_group}"], r"group 'dora' has no two fits"),
+    (
+        "saved ensemble without weights",
+        ["critical", "{ens_no_weights}"],
+        r"ensemble 1: saved ensemble has a malformed record",
+    ),
+    ("saved ensembles not a list", ["critical", "{ens_not_list}"], r"'ensemble' is not a list"),
+    (
+        "saved ensemble not an object",
+        ["critical", "{ens_not_object}"],
+        r"ensemble 1 is not a JSON object",
+    ),
+    (
+        "saved selection direction",
+        ["critical", "{sel_direction}"],
+        r"selection 1: .*direction 'sideways'",
+    ),
+    (
+        "saved selection without axis",
+        ["critical", "{sel_no_axis}"],
+        r"selection 1: .*missing field 'axis'",
+    ),
     # Saved fits refuse the options they would ignore.
     ("saved fit with --x", ["critical", "{saved}", "--x", "params"], r"--x would be ignored"),
     ("saved fit with --bootstrap", ["critical", "{saved}", "--bootstrap", "5"], r"--bootstrap"),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ftscale.errors import UserError
-from ftscale.laws import Bootstrap, FitResult, ScalingLaw
+from ftscale.laws import Bootstrap, FitResult, ScalingLaw, crossings
 from ftscale.laws.ensemble import (
     EnsembleLaw,
     build_ensemble,
@@ -113,3 +113,48 @@ def test_prediction_names_an_option_value_it_knows():
     assert check_prediction("additive", ["multiplicative", "additive"]) == "additive"
     with pytest.raises(UserError, match=r"--prediction 'quartic': expected one of auto"):
         check_prediction("quartic", ["multiplicative"])
+
+
+def test_an_ensembles_crossing_interval_mixes_its_forms_replicates():
+    """The crossing of an ensemble with another method: the point is where the weighted mean
+    laws cross, the interval and share come from its forms' replicates with its weights, so
+    where the forms cross the rival far apart the interval holds both crossings."""
+    from ftscale.laws import Fits
+    from ftscale.laws.compare import default_critical_points
+
+    fits = [_result("multiplicative", MULT, 0), _result("additive", ADD, 1)]
+    for r in fits:
+        r.group = "fmt"
+    scores = {"multiplicative": 0.010, "additive": 0.012}
+    selection = Selection("fmt", "multiplicative", "params", "max", scores=scores)
+    combined = build_ensemble(fits, selection)
+    rival = _result("multiplicative", {"A": 5.0, "alpha": 0.25, "beta": 0.05, "E": 2.8}, 2)
+    rival.group = "lora"
+    results = Fits([*fits, rival])
+    results.ensembles = [combined]
+    (point,) = default_critical_points(results, xs=[1e7], d_range=(1.0, 1e9), level=0.9)
+    assert point.forms == ("ensemble", "multiplicative")
+    own = [crossings(r.law, rival.law, 1e7, (1.0, 1e9))[0] for r in fits]
+    assert point.crossings == pytest.approx(crossings(combined.law, rival.law, 1e7, (1.0, 1e9)))
+    assert max(own) > 1.5 * min(own)  # the forms disagree on where FMT overtakes
+    low, high = point.interval
+    assert low <= min(own) and high >= max(own)
+    assert point.crossing_share == pytest.approx(1.0)
+    alone = default_critical_points(Fits([fits[0], rival]), xs=[1e7], d_range=(1.0, 1e9))
+    assert alone[0].forms == ("multiplicative", "multiplicative")
+    assert alone[0].interval[1] - alone[0].interval[0] < high - low
+
+
+def test_weighted_percentiles_are_numpys_with_equal_weights_and_follow_the_weights():
+    from ftscale.laws.uncertainty import percentile_interval, weighted_percentile_interval
+
+    values = np.random.default_rng(3).normal(size=101)
+    values[7] = np.nan  # a pair that never crosses
+    even = weighted_percentile_interval(values, np.full(101, 1 / 101), 0.9)
+    assert even == percentile_interval(values, 0.9)
+    near = np.concatenate([np.full(50, 1.0), np.full(50, 10.0)])
+    heavy = np.concatenate([np.full(50, 0.98 / 50), np.full(50, 0.02 / 50)])
+    low, high = weighted_percentile_interval(near, heavy, 0.9)
+    assert (low, high) == (1.0, 1.0)
+    low, high = weighted_percentile_interval(near, heavy[::-1], 0.9)
+    assert (low, high) == (10.0, 10.0)

@@ -29,12 +29,15 @@ def _record(form: str) -> dict:
 
 
 def _analysis(winner):
+    from ftscale.study.analysis import _default_prediction
+
     fits = [_record(form) for form in LAWS]
     best = min(fits, key=lambda f: f["delta_h"])["form"]
+    choice = {"method": "fmt", "sweep": "model_size", "best": best, "winner": winner}
     return {
         "fits": fits,
         "best_forms": {"fmt/model_size": best},
-        "law_choice": [{"method": "fmt", "sweep": "model_size", "best": best, "winner": winner}],
+        "law_choice": [{**choice, **_default_prediction(winner, fits)}],
     }
 
 

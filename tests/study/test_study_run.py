@@ -134,7 +134,9 @@ def test_recommend_reanalyses_a_fits_file_of_another_format(finished_study, tmp_
     assert out.exit_code == 0, out.output
     expected = json.loads(out.stdout)
     saved = json.loads((copy / "fits.json").read_text())
-    assert saved["format"] == 2
+    from ftscale.study.analysis import FORMAT
+
+    assert saved["format"] == FORMAT
     # A fits file in the shape before `format` existed, newer than the store, with laws that
     # would predict nonsense if they were read: recommend analyses the store again instead.
     old = {k: v for k, v in saved.items() if k != "format"}

@@ -376,7 +376,7 @@ def _saved_or_fitted(table, forms, options, quiet):
             f"{table} holds saved fits: {', '.join(given)} would be ignored; refit the runs "
             "with `ftscale fit --save` to change them"
         )
-    return [r for r in data if not forms or r.form in forms]
+    return data.restricted(forms) if forms else data
 
 
 def _fit_columns(table, columns, options, quiet):
@@ -444,7 +444,7 @@ def critical(
 
 def _render_critical(points, results) -> None:
     grid = Table(title=f"Critical finetuning-data sizes ({results[0].variables['d']})")
-    for column in ("pair", "X", "crossings", "95% interval", "H·X^γ"):
+    for column in ("pair", "prediction", "X", "crossings", "95% interval", "H·X^γ"):
         grid.add_column(column)
     notes = {}
     for p in points:
@@ -457,6 +457,7 @@ def _render_critical(points, results) -> None:
         x_text = _fmt(p.x) + (" (extrapolated)" if p.x_extrapolated else "")
         grid.add_row(
             f"{p.first} vs {p.second}",
+            " vs ".join(p.forms or ("-", "-")),
             x_text,
             ", ".join(
                 _fmt(c) + (" (extrapolated)" if out else "")

@@ -18,13 +18,24 @@ import numpy as np
 from ftscale.common import first_line
 from ftscale.errors import DataError, UserError
 from ftscale.laws.critical import D_RANGE, closed_form, crossings, loss_at
-from ftscale.laws.ensemble import AUTO, attach_bands, build_ensemble, check_prediction, request
+from ftscale.laws.ensemble import (
+    AUTO,
+    attach_bands,
+    build_ensemble,
+    check_prediction,
+    request,
+)
 from ftscale.laws.fit import FitWarning, ScalingLaw, Space
 from ftscale.laws.forms import LawForm
 from ftscale.laws.holdout import HoldoutRule, holdout_mask
 from ftscale.laws.results import FitResult, Fits, bootstrap_results, fit_residuals, json_float
 from ftscale.laws.selection import Selection, select_form
-from ftscale.laws.uncertainty import LEVEL, check_replicates, crossing_samples, percentile_interval
+from ftscale.laws.uncertainty import (
+    LEVEL,
+    check_replicates,
+    mixture_crossing_samples,
+    weighted_percentile_interval,
+)
 from ftscale.laws.userforms import resolve_form
 
 #: Column grouped by when no ``--group`` is given and the table has it (both commands).
@@ -331,7 +342,9 @@ class CriticalPoint:
         leader: the group with the lower predicted loss at this X and the smallest D_f both
             groups ran (None without runs or where a law gives no finite loss there).
         crossing_share: share of bootstrap replicate pairs whose laws cross in the D_f range
-            (None without a bootstrap): whether a crossing exists at all is uncertain too.
+            (None without a bootstrap): whether a crossing exists at all is uncertain too. For
+            an ensemble, the pairs are drawn from its forms' replicates with its weights.
+        forms: the prediction each group's side uses: a form's name, or ``ensemble``.
     """
 
     first: str
@@ -345,6 +358,7 @@ class CriticalPoint:
     closed_form_note: str = ""
     leader: str | None = None
     crossing_share: float | None = None
+    forms: tuple[str, str] | None = None
 
     @property
     def x_extrapolated(self) -> bool:
@@ -379,6 +393,9 @@ class CriticalPoint:
             "observed": None if self.observed is None else list(self.observed),
             "leader": self.leader,
             "crossing_share": self.crossing_share,
+            "forms": None
+            if self.forms is None
+            else {self.first: self.forms[0], self.second: self.forms[1]},
         }
 
 
@@ -465,16 +482,29 @@ def default_critical_points(
     level: float = LEVEL,
 ) -> list[CriticalPoint]:
     """Critical D_f between every pair of groups' default predictions (:func:`default_laws`):
-    an ensemble's crossings are those of its weighted mean law (no crossing interval yet)."""
+    an ensemble's crossings are those of its weighted mean law, its crossing interval and share
+    those of its forms' replicates mixed with its weights (:func:`_crossing_spread`)."""
+    return prediction_critical_points(default_laws(results), xs=xs, d_range=d_range, level=level)
+
+
+def prediction_critical_points(
+    predictions: Sequence,
+    *,
+    xs: Sequence[float] | None = None,
+    d_range: tuple[float, float] = D_RANGE,
+    level: float = LEVEL,
+) -> list[CriticalPoint]:
+    """Critical D_f between every pair of ``predictions``, one per group: fits
+    (:class:`FitResult`) or ensembles, whatever their forms (see :func:`default_critical_points`
+    for the intervals of ensembles)."""
     check_critical_inputs(xs, d_range)
-    chosen = default_laws(results)
-    if len(chosen) < 2:
+    if len(predictions) < 2:
         raise UserError(
-            f"critical points need fits of at least two groups, got {len(chosen)} (group the "
-            f"runs with --group COL; the default is {DEFAULT_GROUP!r})"
+            f"critical points need fits of at least two groups, got {len(predictions)} (group "
+            f"the runs with --group COL; the default is {DEFAULT_GROUP!r})"
         )
     out = []
-    for first, second in itertools.combinations(chosen, 2):
+    for first, second in itertools.combinations(predictions, 2):
         out += _pair_points(first, second, xs=xs, d_range=d_range, level=level)
     return out
 
@@ -497,14 +527,11 @@ def _pair_points(
         "closed_form_note": note,
         "observed": observed,
         "observed_x": _common_range(r1.sizes[:, 0], r2.sizes[:, 0]) if two_var else None,
+        "forms": (r1.form, r2.form),
     }
     out = []
     for x in xs:
-        interval = share = None
-        if r1.bootstrap is not None and r2.bootstrap is not None:
-            samples = crossing_samples(r1.bootstrap, r2.bootstrap, x, d_range)
-            interval = percentile_interval(samples, level)
-            share = float(np.isfinite(samples).mean()) if samples.size else None
+        interval, share = _crossing_spread(r1, r2, x, d_range, level)
         with np.errstate(all="ignore"):
             found = crossings(r1.law, r2.law, x, d_range)
         leader = _leader(r1, r2, x, observed)
@@ -514,6 +541,20 @@ def _pair_points(
             )
         )
     return out
+
+
+def _crossing_spread(r1, r2, x, d_range, level: float) -> tuple[tuple | None, float | None]:
+    """(interval of the first crossing, share of replicate pairs that cross) of two predictions,
+    fits or ensembles: the crossings of their replicates, an ensemble's being its forms'
+    replicates each weighing the form's weight (their ``mixture()``); (None, None) when a side
+    was not bootstrapped."""
+    first, second = r1.mixture(), r2.mixture()
+    if first is None or second is None:
+        return None, None
+    samples, weights, share = mixture_crossing_samples(first, second, x, d_range)
+    if not samples.size:
+        return None, None
+    return weighted_percentile_interval(samples, weights, level), share
 
 
 def _leader(r1: FitResult, r2: FitResult, x, observed) -> str | None:

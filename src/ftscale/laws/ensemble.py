@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ftscale.common import first_line
 from ftscale.errors import UserError
 from ftscale.laws.holdout import mean_abs_deviation
 from ftscale.laws.results import FitResult, band_coverage, fit_residuals, json_float
 from ftscale.laws.selection import Selection
-from ftscale.laws.uncertainty import LEVEL, percentile_interval
+from ftscale.laws.uncertainty import LEVEL, Bootstrap, percentile_interval
 
 #: A form clearly wins when its nested-extrapolation score is at most this share of every
 #: rival's (with the weights above, at least four times any rival's weight).
@@ -178,6 +179,20 @@ class EnsembleResult:
             return None
         return np.vstack(draws), np.concatenate(weights)
 
+    def mixture(self) -> list[tuple[float, Bootstrap]] | None:
+        """The bootstrap replicates behind this prediction, as (weight, replicates) pairs: each
+        weighted form's, with the form's weight (the mixture its intervals read off); None when
+        a weighted form was not bootstrapped. A fit's is its own, weight 1
+        (:meth:`ftscale.laws.FitResult.mixture`)."""
+        out = []
+        for member in self.members:
+            weight = self.weights.get(member.form, 0.0)
+            if weight > 0:
+                if member.bootstrap is None:
+                    return None
+                out.append((weight, member.bootstrap))
+        return out or None
+
     def predict_interval(self, sizes, level: float | None = None):
         """Pointwise mixture prediction interval (low, high) at ``sizes``; None without
         bootstraps."""
@@ -259,17 +274,32 @@ def build_ensemble(
     weights = ensemble_weights({r.form: selection.scores.get(r.form) for r in fits})
     if len(fits) < 2 or not weights:
         return None
-    law = EnsembleLaw([r.law for r in fits], [weights[r.form] for r in fits])
+    used, reason = _used(selection, prediction)
+    return combine(fits, weights, used=used, reason=reason)
+
+
+def combine(
+    fits: Sequence[FitResult], weights: Mapping[str, float], *, used: str, reason: str = ""
+) -> EnsembleResult:
+    """The ensemble of one group's fits (one per form, same runs) with the given weights (form
+    -> weight, summing to 1); ``used`` is the group's default prediction (``ensemble`` or one of
+    the forms) and ``reason`` why."""
+    names = [r.form for r in fits]
+    unknown = [name for name in weights if name not in names]
+    if unknown or used not in (ENSEMBLE, *names):
+        what = f"weight for {unknown[0]!r}" if unknown else f"default prediction {used!r}"
+        raise UserError(f"ensemble: {what} names no fitted form ({', '.join(names)})")
+    share = [float(weights.get(name, 0.0)) for name in names]
+    law = EnsembleLaw([r.law for r in fits], share)
     anchor = next((r for r in fits if "x" in r.variables), fits[0])
     predicted = np.zeros(len(anchor.observed))
-    for r in fits:
-        if weights[r.form] > 0:
-            predicted = predicted + weights[r.form] * r.predicted
+    for r, weight in zip(fits, share, strict=True):
+        if weight > 0:
+            predicted = predicted + weight * r.predicted
     held = anchor.heldout
-    used, reason = _used(selection, prediction)
     return EnsembleResult(
         group=anchor.group,
-        weights=weights,
+        weights=dict(zip(names, share, strict=True)),
         law=law,
         members=list(fits),
         variables=dict(anchor.variables),
@@ -283,6 +313,38 @@ def build_ensemble(
         reason=reason,
         level=anchor.level,
     )
+
+
+def ensemble_from_dict(record: Mapping, fits: Sequence[FitResult]) -> EnsembleResult:
+    """Rebuild an ensemble saved by :meth:`EnsembleResult.to_dict` (``points=True``) from its
+    group's fits (``fits``: every fit of the saved document; those of its group are used)."""
+    try:
+        members = [r for r in fits if r.group == record["group"]]
+        if len(members) < 2:
+            group = record["group"]
+            raise UserError(f"saved ensemble of group {group!r} has no two fits to combine")
+        weights = {str(k): float(v) for k, v in dict(record["weights"]).items()}
+        reason = str(record.get("reason") or "")
+        result = combine(members, weights, used=str(record["used"]), reason=reason)
+        result.level = float(record.get("level", result.level))
+        result.requested = list(record.get("predictions") or [])
+        result.bands = _saved_bands(record.get("points") or [], len(result.observed))
+    except KeyError as exc:
+        raise UserError(f"saved ensemble is missing field {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"saved ensemble has a malformed record: {first_line(exc)}") from None
+    return result
+
+
+def _saved_bands(points: Sequence[Mapping], n: int) -> np.ndarray | None:
+    """The saved per-run mixture intervals (None when the ensemble was not bootstrapped)."""
+    if not points or "interval" not in points[0]:
+        return None
+    if len(points) != n:
+        raise ValueError(f"{len(points)} points for {n} runs")
+    return np.array(
+        [[np.nan if v is None else float(v) for v in p["interval"]] for p in points], float
+    ).reshape(n, 2)
 
 
 def _used(selection: Selection, prediction: str) -> tuple[str, str]:

@@ -497,13 +497,31 @@ class ScalingLaw:
     def from_params(cls, form: str | LawForm, params: Mapping[str, float], **kwargs) -> ScalingLaw:
         """A law with known parameters (reported names), e.g. from a paper or a saved fit."""
         law = cls(form, **kwargs)
-        law.theta_ = law.form_.from_reported(params)
-        law.params_ = law.form_.to_reported(law.theta_)
-        law.objective_ = float("nan")
-        law.converged_ = True
-        law.message_ = "given"
-        law.n_fit_ = 0
-        return law
+        return law._given(law.form_.from_reported(params))
+
+    @classmethod
+    def from_theta(cls, form: str | LawForm, theta, **kwargs) -> ScalingLaw:
+        """A law with a known search-space vector, e.g. a bootstrap replicate's: exact, where the
+        reported values may not be (a replicate's E = exp(-2e7) reports as 0)."""
+        law = cls(form, **kwargs)
+        theta = np.asarray(theta, float).copy()
+        if theta.shape != (len(law.form_.params),):
+            raise UserError(
+                f"form {law.form_.name!r} takes {len(law.form_.params)} parameters, got "
+                f"{theta.size}"
+            )
+        return law._given(theta)
+
+    def _given(self, theta: np.ndarray) -> ScalingLaw:
+        """Set a given (not fitted) parameter vector; returns ``self``."""
+        self.theta_ = theta
+        with np.errstate(over="ignore"):  # a scale beyond float range reports as inf
+            self.params_ = self.form_.to_reported(theta)
+        self.objective_ = float("nan")
+        self.converged_ = True
+        self.message_ = "given"
+        self.n_fit_ = 0
+        return self
 
     def __repr__(self) -> str:
         name = self.form if isinstance(self.form, str) else self.form.name

@@ -39,6 +39,10 @@ import numpy as np
 
 from ftscale.errors import UserError
 
+#: The smallest normal float: a zero scale parameter is searched at its log (see
+#: :meth:`LawForm.from_reported`).
+_TINY = float(np.finfo(float).tiny)
+
 #: A grid axis: fixed values, or a function of the observed losses returning values.
 GridAxis = Sequence[float] | Callable[[np.ndarray], Sequence[float]]
 
@@ -134,14 +138,20 @@ class LawForm:
         }
 
     def from_reported(self, values: Mapping[str, float]) -> np.ndarray:
-        """``{reported or search name: value}`` -> search-space vector (log of log parameters)."""
+        """``{reported or search name: value}`` -> search-space vector (log of log parameters).
+
+        A log-searched scale of exactly 0 (an E that underflowed when it was reported, or given
+        as 0) is searched at log of the smallest normal float rather than at -inf: an exp-linear
+        form multiplies every parameter by a coefficient, and 0 * -inf would turn all its
+        predictions into NaN, while exp(log(tiny)) adds nothing a float can show.
+        """
         theta = np.empty(len(self.params))
         given = {self.search_name(k): float(v) for k, v in values.items()}
         for i, p in enumerate(self.params):
             if p not in given:
                 raise UserError(f"form {self.name!r}: value for parameter {p!r} missing")
             v = given[p]
-            theta[i] = np.log(v) if p in self.log_params else v
+            theta[i] = np.log(v if v != 0 else _TINY) if p in self.log_params else v
         return theta
 
     # -- starts -------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from ftscale.common import first_line, write_text_atomic
 from ftscale.errors import UserError
+from ftscale.laws.ensemble import ensemble_from_dict
 from ftscale.laws.results import FitResult, Fits
+from ftscale.laws.selection import Selection
 
 #: Suffixes whose content decides between a saved fit and a table.
 JSON_SUFFIXES = (".json",)
@@ -53,20 +55,42 @@ def read_saved_fits(path: Path) -> Fits | None:
 
 
 def saved_fits(data: Mapping, path: Path | str = "saved fit") -> Fits:
-    """Fits saved by ``ftscale fit --save`` (one-line errors for what cannot be rebuilt)."""
+    """Fits saved by ``ftscale fit --save``, with each group's form selection and ensemble (and
+    so its default prediction); one-line errors for what cannot be rebuilt."""
     records = data.get("fits")
     if not isinstance(records, list) or not records:
         raise UserError(f"{path}: the saved fit holds no fits")
     fits = Fits()
-    for i, record in enumerate(records, 1):
-        if not isinstance(record, dict):
-            raise UserError(f"{path}: fit {i} is not a JSON object")
+    for i, record in enumerate(_records(data, "fits", path), 1):
         try:
             fits.append(FitResult.from_dict(record))
         except UserError as exc:
             raise UserError(f"{path}: fit {i}: {first_line(exc)}") from None
-    fits.selections, fits.group_columns = [], list(data.get("group_columns") or [])
+    fits.selections, fits.ensembles = [], []
+    for i, record in enumerate(_records(data, "selection", path), 1):
+        try:
+            fits.selections.append(Selection.from_dict(record))
+        except UserError as exc:
+            raise UserError(f"{path}: selection {i}: {first_line(exc)}") from None
+    for i, record in enumerate(_records(data, "ensemble", path), 1):
+        try:
+            fits.ensembles.append(ensemble_from_dict(record, fits))
+        except UserError as exc:
+            raise UserError(f"{path}: ensemble {i}: {first_line(exc)}") from None
+    fits.group_columns = list(data.get("group_columns") or [])
     return fits
+
+
+def _records(data: Mapping, key: str, path) -> list[dict]:
+    """The list of JSON objects under ``key`` (none when absent, as in fits saved before it)."""
+    records = data.get(key) or []
+    if not isinstance(records, list):
+        raise UserError(f"{path}: {key!r} is not a list")
+    singular = {"fits": "fit"}.get(key, key)
+    for i, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: {singular} {i} is not a JSON object")
+    return records
 
 
 def check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()) -> None:

@@ -205,6 +205,13 @@ class FitResult:
         """Share of held-out runs inside their prediction interval (None without bands)."""
         return band_coverage(self.bands, self.observed, self.heldout, self.level)
 
+    def mixture(self) -> list[tuple[float, Bootstrap]] | None:
+        """The bootstrap replicates behind this prediction as (weight, replicates) pairs: its
+        own, weight 1 (None without a bootstrap). An ensemble's are its forms', each with its
+        weight (:meth:`ftscale.laws.ensemble.EnsembleResult.mixture`): critical points read
+        either alike."""
+        return None if self.bootstrap is None else [(1.0, self.bootstrap)]
+
     def to_dict(self, points: bool = False) -> dict:
         """The JSON record of ``ftscale fit --json`` (``points=True`` adds per-run predictions)."""
         record = {
@@ -305,6 +312,19 @@ class Fits(list):
     selections: list[Selection]
     group_columns: list[str]
     ensembles: list
+
+    def restricted(self, forms: Sequence[str]) -> Fits:
+        """The fits of ``forms`` only, with their groups' selections, and the ensembles whose
+        weighted forms are all among them (an ensemble of other forms is not what was asked)."""
+        out = Fits(r for r in self if r.form in forms)
+        out.selections = list(getattr(self, "selections", []))
+        out.group_columns = list(getattr(self, "group_columns", []))
+        out.ensembles = [
+            e
+            for e in getattr(self, "ensembles", [])
+            if all(form in forms for form, weight in e.weights.items() if weight > 0)
+        ]
+        return out
 
     def to_dict(self, points: bool = True) -> dict:
         """The JSON document of ``ftscale fit --json`` / ``--save``."""

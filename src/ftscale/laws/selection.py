@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ftscale.errors import DataError
+from ftscale.errors import DataError, UserError
 from ftscale.laws.fit import ScalingLaw, Space
 from ftscale.laws.forms import LawForm
 
@@ -70,6 +70,33 @@ class Selection:
             f"nested extrapolation on the fitting runs: fit below each fold, predict {step} "
             f"{self.axis}; mean |predicted - observed| in nats over {len(self.folds)} fold(s)"
         )
+
+    @classmethod
+    def from_dict(cls, record: Mapping) -> Selection:
+        """Rebuild a selection saved by :meth:`to_dict` (one-line errors)."""
+        if record.get("direction") not in ("max", "min", "eq"):
+            raise UserError(
+                f"saved selection has direction {record.get('direction')!r}, expected max, min "
+                "or eq"
+            )
+        try:
+            scores = {
+                str(k): float("inf") if v is None else float(v)
+                for k, v in dict(record.get("scores") or {}).items()
+            }
+            return cls(
+                group=record.get("group"),
+                form=record.get("form"),
+                axis=str(record["axis"]),
+                direction=str(record["direction"]),
+                folds=[float(v) for v in record.get("folds") or []],
+                scores=scores,
+                reason=str(record.get("reason") or ""),
+            )
+        except KeyError as exc:
+            raise UserError(f"saved selection is missing field {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"saved selection has a malformed record: {exc}") from None
 
     def to_dict(self) -> dict:
         """The JSON record (``selection`` in ``ftscale fit --json``)."""

@@ -64,22 +64,27 @@ class Bootstrap:
         return int(np.isnan(self.thetas).any(axis=1).sum())
 
     def samples(self) -> dict[str, np.ndarray]:
-        """Reported parameters of every replicate: ``{name: array (n_boot,)}``."""
+        """Reported parameters of every replicate: ``{name: array (n_boot,)}``. A replicate
+        whose log-searched scale left float range (an A of exp(800) where the runs do not pin
+        A) reports it as inf: such a parameter is reported as not identified."""
         form = self.law.form_
-        return {
-            form.log_params.get(p, p): np.exp(col) if p in form.log_params else col
-            for p, col in zip(form.params, self.thetas.T, strict=True)
-        }
+        with np.errstate(over="ignore"):
+            return {
+                form.log_params.get(p, p): np.exp(col) if p in form.log_params else col
+                for p, col in zip(form.params, self.thetas.T, strict=True)
+            }
 
     def intervals(self, level: float = LEVEL) -> dict[str, tuple[float, float]]:
         """Percentile interval of each reported parameter at ``level`` (e.g. 0.95)."""
         return {name: percentile_interval(values, level) for name, values in self.samples().items()}
 
     def laws(self) -> list[ScalingLaw]:
-        """One :class:`ScalingLaw` per fitted replicate."""
+        """One :class:`ScalingLaw` per fitted replicate, built from its search-space vector
+        (through the reported values, a replicate whose E collapsed below exp(-745) would come
+        back with E = 0 exactly, log E = -inf and NaN predictions)."""
         form = self.law.form_
         return [
-            ScalingLaw.from_params(form, form.to_reported(theta), space=self.law.space)
+            ScalingLaw.from_theta(form, theta, space=self.law.space)
             for theta in self.thetas
             if np.isfinite(theta).all()
         ]
@@ -128,6 +133,37 @@ def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]
         return (float("nan"), float("nan"))
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def recentred_interval(
+    values: np.ndarray, estimate: float, level: float, *, floor: float | None = None
+) -> tuple[float, float]:
+    """Percentile interval of replicate ``values`` shifted by their median bias (median -
+    ``estimate``): the same width, its median on the estimate; ends below ``floor`` are raised
+    to it. (NaN, NaN) without finite values.
+
+    For a held-out error (a mean absolute error of predictions) the replicates are biased
+    upward: each replicate's law adds its own deviation to the one the estimate already carries,
+    and |.| turns deviations of either sign into error, so the plain percentile interval can lie
+    wholly above its estimate (the quickstart's prompt Delta_h 0.0185 came out as [0.0187,
+    0.0892]). Efron's bias-corrected percentile interval corrects the same bias through the
+    share of replicates below the estimate; at this bias (often under 5 % of them) both its ends
+    move to the lowest replicates and the interval collapses. In the coverage simulation of
+    ``tests/laws/test_coverage.py`` (the quickstart's design, 200 studies) nominal-90 % intervals
+    of Delta_h covered the expected held-out error of such a study 63 % of the time when
+    bias-corrected that way, 96 % as plain percentiles (which missed their own estimate in 7 %
+    of the studies) and 96.5 % re-centred, which always held its estimate.
+    """
+    values = np.asarray(values, float)
+    low, high = percentile_interval(values, level)
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return low, high
+    shift = float(np.median(finite)) - float(estimate)
+    low, high = low - shift, high - shift
+    if floor is not None:
+        low, high = max(low, floor), max(high, floor)
+    return low, high
 
 
 #: Most replicates one bootstrap may ask for: 100,000 refits take about an hour on 2 cores, and
@@ -489,9 +525,64 @@ def crossing_samples(
     """
     out = []
     for law1, law2 in zip(first.laws(), second.laws(), strict=False):
-        found = crossings(law1, law2, x, d_range, n_grid=256)
+        # A replicate far from its data (an additive refit with alpha -300) overflows to inf or
+        # gives NaN at some D_f: no sign change is read there, as for the point estimate.
+        with np.errstate(all="ignore"):
+            found = crossings(law1, law2, x, d_range, n_grid=256)
         out.append(found[0] if found else np.nan)
     return np.asarray(out)
+
+
+def mixture_crossing_samples(
+    first: Sequence[tuple[float, Bootstrap]],
+    second: Sequence[tuple[float, Bootstrap]],
+    x: float | None = None,
+    d_range: tuple[float, float] = D_RANGE,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """First crossings of two mixtures of replicates (``(weight, Bootstrap)`` pairs, weights
+    summing to 1 on each side: one form's replicates, or an ensemble's forms'): every pair of
+    parts f, g gives :func:`crossing_samples`, each sample weighing w_f w_g / its count.
+
+    Returns (samples, weights, share): NaN samples where a pair does not cross, and the share
+    of the mixture's pairs that cross (the weighted share; for one form on each side, the plain
+    share of crossing replicate pairs).
+    """
+    samples, weights, share, total = [], [], 0.0, 0.0
+    for w1, b1 in first:
+        for w2, b2 in second:
+            found = crossing_samples(b1, b2, x, d_range)
+            if found.size:
+                samples.append(found)
+                weights.append(np.full(found.size, w1 * w2 / found.size))
+                share += w1 * w2 * float(np.isfinite(found).mean())
+                total += w1 * w2
+    if not samples:
+        return np.zeros(0), np.zeros(0), float("nan")
+    return np.concatenate(samples), np.concatenate(weights), share / total
+
+
+def weighted_percentile_interval(
+    values: np.ndarray, weights: np.ndarray, level: float
+) -> tuple[float, float]:
+    """Central interval at ``level`` of the finite ``values`` with ``weights``: linear
+    interpolation between the weighted order statistics, the value of rank i placed at the
+    cumulative weight before it over the total less the last weight (with equal weights this is
+    exactly :func:`percentile_interval`); (NaN, NaN) if no value is finite."""
+    values, weights = np.asarray(values, float), np.asarray(weights, float)
+    ok = np.isfinite(values) & (weights > 0)
+    values, weights = values[ok], weights[ok]
+    if values.size and np.ptp(weights) == 0:
+        return percentile_interval(values, level)
+    percentile_interval(np.zeros(1), level)  # validates the level
+    if values.size == 0:
+        return (float("nan"), float("nan"))
+    order = np.argsort(values, kind="stable")
+    values, weights = values[order], weights[order]
+    before = np.cumsum(weights) - weights
+    span = before[-1] if values.size > 1 else 1.0
+    tail = (1 - level) / 2
+    low, high = np.interp([tail, 1 - tail], before / span, values)
+    return float(low), float(high)
 
 
 def crossing_interval(

@@ -68,29 +68,35 @@ def plot_fits(results: Sequence[FitResult], path: str | Path, *, y_label: str = 
     Loss against finetuning-data size on log x; for two-variable forms one colour per X value,
     one-variable forms (which ignore X) one black curve. Held-out runs are drawn hollow; each
     form's Delta_e and Delta_h (nats) are in the legend, the selected form is starred, and a form
-    with diagnostics is marked and its warnings are printed under the panel.
+    with diagnostics is marked and its warnings are printed under the panel. With several forms
+    (``results.ensembles``), each group's ensemble is drawn too, thick and translucent, with its
+    mixture prediction interval as a band where the forms were bootstrapped; the legend marks
+    the group's default prediction.
     """
     groups = list(dict.fromkeys(r.group for r in results))
     forms = list(dict.fromkeys(r.form for r in results))
+    ensembles = {e.group: e for e in getattr(results, "ensembles", [])}
     fig, axes = plt.subplots(
-        1, len(groups), figsize=(4.6 * len(groups), 4.6), squeeze=False, sharey=False
+        1, len(groups), figsize=(5.6 * len(groups), 4.6), squeeze=False, sharey=False
     )
     for ax, group in zip(axes[0], groups, strict=True):
         panel = [r for r in results if r.group == group]
-        _panel(ax, panel, forms)
+        _panel(ax, panel, forms, ensembles.get(group))
         ax.set_ylabel(y_label or "loss (nats/token)")
         ax.set_title(group if group is not None else "")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def _panel(ax, panel: Sequence[FitResult], forms: list[str]) -> None:
+def _panel(ax, panel: Sequence[FitResult], forms: list[str], ensemble=None) -> None:
     # Colour by X from a two-variable fit when there is one: its sizes carry X.
     ref = next((r for r in panel if r.sizes.shape[1] == 2), panel[0])
     d_col = ref.sizes[:, -1]
     d_line = np.geomspace(d_col.min() / 1.2, d_col.max() * 1.2, 200)
     _draw_runs(ax, panel, ref, forms, d_line)
-    notes = _draw_laws(ax, panel, forms, d_line)
+    notes = _draw_laws(ax, panel, forms, d_line, None if ensemble is None else ensemble.used)
+    if ensemble is not None:
+        _draw_ensemble(ax, ensemble, ref, d_line)
     ax.scatter([], [], facecolors="none", edgecolors="black", label="held out")
     ax.set_xscale("log")
     log_ticks(ax.xaxis)
@@ -130,8 +136,11 @@ def _draw_runs(ax, panel: Sequence[FitResult], ref: FitResult, forms: list[str],
                     ax.plot(d_line, result.law.predict(grid), style, color=colour, lw=1.1)
 
 
-def _draw_laws(ax, panel: Sequence[FitResult], forms: list[str], d_line) -> list[str]:
-    """One-variable laws in black and a legend entry per form; returns the fits' warnings."""
+def _draw_laws(
+    ax, panel: Sequence[FitResult], forms: list[str], d_line, used: str | None = None
+) -> list[str]:
+    """One-variable laws in black and a legend entry per form (``used``: the group's default
+    prediction, marked); returns the fits' warnings."""
     notes = []
     for result in panel:
         style = _LINESTYLES[forms.index(result.form) % len(_LINESTYLES)]
@@ -140,6 +149,7 @@ def _draw_laws(ax, panel: Sequence[FitResult], forms: list[str], d_line) -> list
             with np.errstate(all="ignore"):
                 ax.plot(d_line, result.law.predict(d_line), style, color="black", lw=1.1)
         mark = (" *" if result.selected else "") + (" (!)" if result.warnings else "")
+        mark += " (default)" if result.form == used else ""
         ax.plot(
             [],
             [],
@@ -149,6 +159,30 @@ def _draw_laws(ax, panel: Sequence[FitResult], forms: list[str], d_line) -> list
         )
         notes += [f"(!) {result.form}: {w}" for w in result.warnings]
     return notes
+
+
+def _draw_ensemble(ax, ensemble, ref: FitResult, d_line) -> None:
+    """The ensemble's curve per X value (the colours of the runs), thick and translucent, with
+    its mixture prediction interval as a band when its forms were bootstrapped; one legend
+    entry."""
+    two_var = "x" in ensemble.variables and ref.sizes.shape[1] == 2
+    xs = np.unique(ref.sizes[:, 0]) if two_var else np.array([np.nan])
+    colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(xs))) if two_var else ["black"]
+    for x, colour in zip(xs, colours, strict=True):
+        grid = np.column_stack([np.full_like(d_line, x), d_line]) if two_var else d_line[:, None]
+        with np.errstate(all="ignore"):
+            ax.plot(d_line, ensemble.law.predict(grid), "-", color=colour, lw=3.0, alpha=0.45)
+            band = ensemble.predict_interval(grid)
+        if band is not None:
+            ax.fill_between(d_line, band[0], band[1], color=colour, alpha=0.12, lw=0)
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in ensemble.weights.items() if v > 0)
+    default = " (default)" if ensemble.used == "ensemble" else ""
+    band = f"; band: {ensemble.level:.0%} interval" if ensemble.bands is not None else ""
+    label = (
+        f"ensemble{default}: Δe={ensemble.delta_e:.4f} Δh={ensemble.delta_h:.4f}\n"
+        f"  {weights}{band}"
+    )
+    ax.plot([], [], "-", color="black", lw=3.0, alpha=0.45, label=label)
 
 
 def _annotate_notes(ax, legend, notes: list[str]) -> None:

@@ -41,7 +41,7 @@ def _png(fig) -> bytes:
 
 
 def _fits(analysis: dict, sweep: str, form: str | None = None) -> list[dict]:
-    form = form or analysis.get("critical_form", "multiplicative")
+    form = form or analysis.get("law", "multiplicative")
     return [f for f in analysis["fits"] if f["sweep"] == sweep and f["form"] == form]
 
 

@@ -202,12 +202,16 @@ def critical_rows(analysis: dict) -> list[list[str]]:
             for v, e in zip(c["crossings"], c["extrapolated"], strict=True)
         )
         iv = c.get("interval")
+        share = c.get("crossing_share")
+        forms = c.get("forms") or {}
         rows.append(
             [
                 f"{c['first']} vs {c['second']}",
+                " vs ".join(forms.get(m, "-") for m in (c["first"], c["second"])),
                 _n(c["x"]),
                 crossings or "none",
                 "-" if not iv or None in iv else f"[{iv[0]:.0f}, {iv[1]:.0f}]",
+                "-" if share is None else f"{share:.0%}",
                 c.get("leader") or "-",
             ]
         )
@@ -216,11 +220,24 @@ def critical_rows(analysis: dict) -> list[list[str]]:
 
 CRIT_HEADER = [
     "methods",
+    "prediction used",
     "model size N",
     "critical D_f (* extrapolated)",
     "interval",
+    "replicate pairs crossing",
     "better at small D_f",
 ]
+
+#: What the critical-size section says it crosses.
+CRIT_TITLE = "Critical data sizes (each method's default model-size prediction)"
+
+
+def critical_prediction_lines(analysis: dict) -> list[str]:
+    """Per method, the model-size prediction the critical sizes cross, and why."""
+    return [
+        f"{method}: {_prediction(record)}: {record['reason']}"
+        for method, record in (analysis.get("critical_predictions") or {}).items()
+    ]
 
 
 def markdown(analysis: dict, title: str) -> str:
@@ -240,12 +257,9 @@ def markdown(analysis: dict, title: str) -> str:
     out += [f"- not identified: {line}" for line in unidentified_lines(analysis)]
     out += ["", "## Which law predicts held-out runs best", ""]
     out += [_md_table(LAW_HEADER, law_choice_rows(analysis))]
-    out += [
-        "",
-        f"## Critical data sizes ({analysis.get('critical_form')} law, model-size sweep)",
-        "",
-        _md_table(CRIT_HEADER, critical_rows(analysis)),
-    ]
+    out += ["", f"## {CRIT_TITLE}", ""]
+    out += [f"- {line}" for line in critical_prediction_lines(analysis)]
+    out += ["", _md_table(CRIT_HEADER, critical_rows(analysis))]
     if analysis.get("flagged"):
         out += ["", "## Flagged runs", ""]
         out += [
@@ -264,6 +278,10 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _list_html(lines: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -313,9 +331,9 @@ def html_report(analysis: dict, figures: list[tuple[str, str, bytes]], title: st
     parts.append("<h2>Which law predicts held-out runs best</h2>")
     parts.append(_html_table(LAW_HEADER, law_choice_rows(analysis)))
     parts.append(
-        f"<h2>Critical data sizes ({html.escape(str(analysis.get('critical_form')))} "
-        "law)</h2>" + _html_table(CRIT_HEADER, critical_rows(analysis))
+        f"<h2>{html.escape(CRIT_TITLE)}</h2>" + _list_html(critical_prediction_lines(analysis))
     )
+    parts.append(_html_table(CRIT_HEADER, critical_rows(analysis)))
     if analysis.get("flagged"):
         rows = [
             [

@@ -12,8 +12,9 @@ Procedure (the study's, Section 3 and Table 4), per method and law form:
    part in estimating them);
 4. Delta_e / Delta_h: mean absolute deviation on fitted / held-out points; A and alpha intervals by
    bootstrap over the fitted points (beta and E held at the joint values);
-5. critical D_f between every pair of methods at each model size (crossings of the model-size
-   laws), with bootstrap intervals.
+5. critical D_f between every pair of methods at each model size: crossings of each method's
+   default model-size prediction (the clear winner of the law choice, else the ensemble of the
+   forms), with bootstrap intervals.
 
 The hold-out rules, fit results (Delta_e / Delta_h, intervals, bootstrap) and critical points are
 the laws package's (:mod:`ftscale.laws.holdout`, :mod:`ftscale.laws.results`,
@@ -42,11 +43,16 @@ X_COLUMN = {
     "pet_size": "method_size",
 }
 #: Shape of the analysis data (what ``fits.json`` holds and ``ftscale recommend`` reads back):
-#: 2 has every fit as a :class:`ftscale.laws.FitResult` record (``bootstrap`` with its seed,
-#: ``variables``, ``fixed``, ``level``, ``warnings``) plus the study's keys, and every critical
-#: point as a :class:`ftscale.laws.CriticalPoint` record (``leader``, ``observed``). Data without
-#: a ``format`` is of the shape before (``bootstrap_thetas``, ``better_at_small_data``).
-FORMAT = 2
+#: 3 has every fit as a :class:`ftscale.laws.FitResult` record (``bootstrap`` with its seed,
+#: ``variables``, ``fixed``, ``level``, ``warnings``) plus the study's keys, every critical
+#: point as a :class:`ftscale.laws.CriticalPoint` record (``leader``, ``observed``, ``forms``:
+#: the default prediction each method's side used), ``critical_predictions`` (per method its
+#: model-size default prediction, ``weights`` and ``reason``) and ``law`` (the study's law). 2
+#: crossed the multiplicative laws (``critical_form``, a ``form`` per critical point). Data
+#: without a ``format`` is of the shape before (``bootstrap_thetas``, ``better_at_small_data``).
+FORMAT = 3
+#: The study's law: the findings about alpha and beta and the sweep figures use its fits.
+STUDY_LAW = "multiplicative"
 #: D_f range searched for critical points (examples).
 CRITICAL_RANGE = (1.0, 1e9)
 #: Finding (3) of the study: PET-size exponents below this are "near zero".
@@ -453,16 +459,59 @@ def fit_all(frame: pd.DataFrame, config, notes: list[str]) -> list[SweepFit]:
 # -- critical data sizes --------------------------------------------------------------------------
 
 
-def critical_sizes(fits: list[SweepFit], form: str, level: float) -> list[dict]:
-    """Crossings of every pair of methods' model-size laws at each model size either of them ran
-    (:func:`ftscale.laws.critical_points`), with the form added to each record."""
-    from ftscale.laws import critical_points
+def default_prediction(results: Sequence, choice: dict | None, law: str = STUDY_LAW):
+    """One method's default prediction on one sweep, as ``ftscale fit`` and ``ftscale critical``
+    make it, from the study's law choice (:func:`law_choice`): the clear winner's fit, else the
+    ensemble of the forms weighted by their Delta_h (:func:`ftscale.laws.ensemble.combine`).
+    One form fitted: its fit; no law choice (no held-out runs to choose by): the fit of ``law``
+    (the study's), else the first.
 
-    model_size = [f.result for f in fits if f.sweep == "model_size" and f.result.form == form]
-    if len(model_size) < 2:
+    Args:
+        results: the method's fits on the sweep, one per form (:class:`~ftscale.laws.FitResult`).
+        choice: the method's and sweep's entry of :func:`law_choice`, or None.
+
+    Returns: (the prediction, a fit or an ensemble; its record: ``prediction``, ``weights``,
+    ``reason``).
+    """
+    from ftscale.laws.ensemble import ENSEMBLE, combine
+
+    by_form = {r.form: r for r in results}
+    if len(by_form) == 1 or choice is None:
+        form = law if law in by_form else next(iter(by_form))
+        why = "the only form fitted" if len(by_form) == 1 else "no held-out runs to choose by"
+        return by_form[form], {"prediction": form, "weights": None, "reason": why}
+    used, weights = choice["prediction"], choice.get("weights")
+    if used != ENSEMBLE:
+        why = f"{used} clearly wins the law choice (every Delta_h difference interval below 0)"
+        return by_form[used], {"prediction": used, "weights": None, "reason": why}
+    why = "no form clearly wins the law choice (the Delta_h difference intervals overlap)"
+    combined = combine(list(by_form.values()), weights, used=ENSEMBLE, reason=why)
+    return combined, {"prediction": ENSEMBLE, "weights": dict(weights), "reason": why}
+
+
+def default_predictions(fits: list[SweepFit], choices: list[dict], sweep: str = "model_size"):
+    """Per method, its :func:`default_prediction` on ``sweep``: ``{method: (prediction,
+    record)}``."""
+    per: dict[str, list] = {}
+    for f in fits:
+        if f.sweep == sweep:
+            per.setdefault(f.method, []).append(f.result)
+    chosen = {(c["method"], c["sweep"]): c for c in choices}
+    return {m: default_prediction(r, chosen.get((m, sweep))) for m, r in per.items()}
+
+
+def critical_sizes(predictions: dict, level: float) -> list[dict]:
+    """Crossings of every pair of methods' default model-size predictions (fits or ensembles,
+    :func:`default_predictions`) at each model size either of them ran
+    (:func:`ftscale.laws.compare.prediction_critical_points`): an ensemble's interval and
+    crossing share come from its forms' replicates mixed with its weights."""
+    from ftscale.laws.compare import prediction_critical_points
+
+    chosen = [prediction for prediction, _ in predictions.values()]
+    if len(chosen) < 2:
         return []
-    points = critical_points(model_size, d_range=CRITICAL_RANGE, form=form, level=level)
-    return [{**p.to_dict(), "form": form} for p in points]
+    points = prediction_critical_points(chosen, d_range=CRITICAL_RANGE, level=level)
+    return [p.to_dict() for p in points]
 
 
 # -- trends, generalisation, flags ----------------------------------------------------------------
@@ -651,6 +700,17 @@ def _quantile_interval(values, level: float) -> list[float] | None:
     return list(percentile_interval(np.asarray(values, float), level))
 
 
+def _error_interval(values, estimate, level: float, floor: float | None = None):
+    """The interval of a held-out error (or a difference of two) from its replicates, re-centred
+    on the estimate (:func:`ftscale.laws.uncertainty.recentred_interval`: the replicates' errors
+    are biased upward); None with fewer than two finite replicates or no estimate."""
+    from ftscale.laws.uncertainty import recentred_interval
+
+    if estimate is None or values is None or np.isfinite(np.asarray(values, float)).sum() < 2:
+        return None
+    return list(recentred_interval(np.asarray(values, float), estimate, level, floor=floor))
+
+
 def _param(inp: _FindingInputs, method: str, sweep: str, name: str):
     """A multiplicative fit's parameter: (estimate, replicates or None, why it is not
     identified or "")."""
@@ -662,9 +722,18 @@ def _param(inp: _FindingInputs, method: str, sweep: str, name: str):
     return fit["params"][name], sample.get("params", {}).get(name), why
 
 
-def _compare(label: str, estimate, draws, inp: _FindingInputs, bounds, why: str = "") -> dict:
-    """One comparison: its estimate, its interval at the study's level and its verdict."""
-    interval = None if why else _quantile_interval(draws, inp.level)
+def _compare(
+    label: str, estimate, draws, inp: _FindingInputs, bounds, why: str = "", *, error=False
+) -> dict:
+    """One comparison: its estimate, its interval at the study's level (percentiles of the
+    replicates; for a held-out ``error``, re-centred on the estimate: :func:`_error_interval`)
+    and its verdict."""
+    if why:
+        interval = None
+    elif error:
+        interval = _error_interval(draws, estimate, inp.level, floor=0.0)
+    else:
+        interval = _quantile_interval(draws, inp.level)
     verdict = decide(interval, *bounds)
     return {
         "label": label,
@@ -699,8 +768,8 @@ def _shown(c: dict) -> str:
 @register_finding(1)
 def _small_heldout_error(inp: _FindingInputs) -> dict:
     """(1) the multiplicative law fits with small held-out error: each method's model-size
-    Delta_h, with its interval over the replicates, below :data:`SMALL_DELTA_H` of the mean
-    loss."""
+    Delta_h, with its interval over the replicates (re-centred on the estimate), below
+    :data:`SMALL_DELTA_H` of the mean loss."""
     claim = "The multiplicative law fits with small held-out error"
     held = [(m, inp.get[(m, "model_size")]) for m in inp.methods if (m, "model_size") in inp.get]
     held = [(m, f) for m, f in held if f["delta_h"] is not None]
@@ -715,6 +784,7 @@ def _small_heldout_error(inp: _FindingInputs) -> dict:
             inp.samples.get((m, "model_size", "multiplicative"), {}).get("delta_h"),
             inp,
             (None, limit),
+            error=True,
         )
         for m, f in held
     ]
@@ -787,11 +857,12 @@ def _beta_order(inp: _FindingInputs) -> dict:
 
 @register_finding(5)
 def _critical_sizes_exist(inp: _FindingInputs) -> dict:
-    """(5) critical data sizes exist; PET first at small data. Per FMT-vs-PET case: the share of
-    replicate pairs whose laws cross in the searched range, with PET ahead at the smallest D_f
-    both ran. Reproduced when some case crosses in at least (1 + level) / 2 of the pairs with
-    PET ahead; not reproduced when every case crosses in at most (1 - level) / 2 of them or
-    crosses with FMT ahead; otherwise inconclusive."""
+    """(5) critical data sizes exist; PET first at small data. Per FMT-vs-PET case (each
+    method's default model-size prediction, :func:`critical_sizes`): the share of replicate
+    pairs whose laws cross in the searched range, with PET ahead at the smallest D_f both ran.
+    Reproduced when some case crosses in at least (1 + level) / 2 of the pairs with PET ahead;
+    not reproduced when every case crosses in at most (1 - level) / 2 of them or crosses with
+    FMT ahead; otherwise inconclusive."""
     full = set(_families(inp.methods)["full"])
     cases = [c for c in inp.critical if full & {c["first"], c["second"]}]
     comparisons = [_critical_case(c, full, inp.level) for c in cases]
@@ -857,12 +928,11 @@ def analyse(rows: Sequence[dict], config) -> dict:
     frame = runs_frame(rows)
     notes: list[str] = []
     fitted = fit_all(frame, config, notes) if len(frame) else []
-    form = (
-        "multiplicative" if "multiplicative" in config.analysis.forms else config.analysis.forms[0]
-    )
-    critical = critical_sizes(fitted, form, config.analysis.level)
     fits = [f.to_dict() for f in fitted]
     samples = replicate_samples(fitted)
+    choices = law_choice(fits, samples, config.analysis.level)
+    predictions = default_predictions(fitted, choices)
+    critical = critical_sizes(predictions, config.analysis.level)
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     if config.analysis.converged_only and len(frame):
         notes.insert(0, _converged_note(frame))
@@ -873,13 +943,14 @@ def analyse(rows: Sequence[dict], config) -> dict:
         "n_runs": len(frame),
         "fits": fits,
         "critical": critical,
-        "critical_form": form,
+        "critical_predictions": {m: record for m, (_, record) in predictions.items()},
+        "law": STUDY_LAW if STUDY_LAW in config.analysis.forms else config.analysis.forms[0],
         "trends": trends(frame) if len(frame) else {},
         "generalisation": generalisation(frame) if len(frame) else [],
         "flagged": flagged(frame) if len(frame) else [],
         "findings": findings(fits, critical, config, samples),
         "best_forms": best_forms(fits),
-        "law_choice": law_choice(fits, samples, config.analysis.level),
+        "law_choice": choices,
         "convergence": convergence(frame) if len(frame) else [],
         "notes": notes,
     }
@@ -900,20 +971,23 @@ def best_forms(fits: list[dict]) -> dict[str, str]:
 def law_choice(fits: list[dict], samples: dict, level: float) -> list[dict]:
     """Per ``method/sweep``, which form predicts the held-out runs best and whether the
     replicates say so: the best form's Delta_h minus each rival's, replicate by replicate (the
-    parametric replicates of two forms share their noise draws, so the pairs are matched).
-    ``winner`` is the best form when every difference's interval lies below zero, else None."""
+    parametric replicates of two forms share their noise draws, so the pairs are matched), its
+    interval re-centred on the difference of the estimates (:func:`_error_interval`: each
+    form's replicate errors are biased upward, the more variable form's more). ``winner`` is
+    the best form when every difference's interval lies below zero, else None."""
     out = []
     best = best_forms(fits)
     for key, form in best.items():
         method, sweep = key.split("/")
-        rivals = [
-            f for f in fits if (f["method"], f["sweep"]) == (method, sweep) and f["form"] != form
-        ]
+        own = [f for f in fits if (f["method"], f["sweep"]) == (method, sweep)]
+        rivals = [f for f in own if f["form"] != form]
         mine = samples.get((method, sweep, form), {}).get("delta_h")
+        best_delta = next(f["delta_h"] for f in own if f["form"] == form)
         differences = []
         for rival in rivals:
             theirs = samples.get((method, sweep, rival["form"]), {}).get("delta_h")
-            interval = _quantile_interval(_difference(mine, theirs), level)
+            gap = None if rival["delta_h"] is None else best_delta - rival["delta_h"]
+            interval = _error_interval(_difference(mine, theirs), gap, level)
             differences.append({"rival": rival["form"], "interval": interval})
         clear = bool(differences) and all(
             d["interval"] is not None and d["interval"][1] < 0 for d in differences

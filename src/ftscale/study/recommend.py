@@ -1,8 +1,8 @@
 """Which finetuning method to use at a given base-model size and data size (beyond the paper).
 
-From a study's model-size fits (per method the form with the lowest held-out error, or, where
-the study's law choice finds no clear winner among several forms, their ensemble weighted by
-their held-out errors: :mod:`ftscale.laws.ensemble`), for a base model of N non-embedding
+From a study's model-size fits (per method its default prediction: the form that clearly wins
+the study's law choice, or, where none does, the ensemble of the forms weighted by their
+held-out errors: :mod:`ftscale.laws.ensemble`), for a base model of N non-embedding
 parameters and D_f examples: each method's predicted test NLL with a bootstrap interval, the
 critical data sizes around D_f (where two methods swap order), and the best method. With a target
 loss: the D_f each method needs (solved on its law) and the training time that takes,
@@ -49,14 +49,14 @@ def _analysis(study_dir: Path) -> dict:
 
 
 def _choose(analysis: dict) -> dict:
-    """Per method, the model-size prediction: where the study's law choice found no clear winner
-    among several forms (``law_choice``), the ensemble of the forms
-    (:class:`~ftscale.laws.ensemble.EnsembleResult`); else the fit (a
-    :class:`~ftscale.laws.FitResult`) of the form with the lowest held-out error, else the
-    first."""
+    """Per method, the model-size prediction: the default prediction of the study's analysis
+    (:func:`~ftscale.study.analysis.default_prediction`: the clear winner of its law choice, a
+    :class:`~ftscale.laws.FitResult`, else the ensemble of the forms, an
+    :class:`~ftscale.laws.ensemble.EnsembleResult`), rebuilt from the analysis' records; the
+    same prediction the report's critical data sizes cross."""
     from ftscale.laws import FitResult
+    from ftscale.study.analysis import default_prediction
 
-    best = analysis.get("best_forms", {})
     per: dict[str, dict[str, dict]] = {}
     for f in analysis["fits"]:
         if f["sweep"] == "model_size":
@@ -64,28 +64,9 @@ def _choose(analysis: dict) -> dict:
     choice = {c["method"]: c for c in analysis.get("law_choice", []) if c["sweep"] == "model_size"}
     chosen = {}
     for method, forms in per.items():
-        fits = {form: FitResult.from_dict(entry) for form, entry in forms.items()}
-        ensemble = None
-        if len(fits) > 1 and method in choice and choice[method]["winner"] is None:
-            ensemble = _ensemble(method, list(fits.values()))
-        wanted = best.get(f"{method}/model_size")
-        chosen[method] = ensemble or fits.get(wanted) or next(iter(fits.values()))
+        fits = [FitResult.from_dict(entry) for entry in forms.values()]
+        chosen[method] = default_prediction(fits, choice.get(method))[0]
     return chosen
-
-
-def _ensemble(method: str, fits: list):
-    """The ensemble of one method's model-size fits, weighted by their leave-largest-out error
-    (the study's Delta_h on its held-out largest model: the evidence of how each form
-    extrapolates in model size); None when no form has one."""
-    from ftscale.laws.ensemble import build_ensemble
-    from ftscale.laws.selection import Selection
-
-    scores = {r.form: r.delta_h for r in fits}
-    evidence = Selection(method, None, "nonembedding_params", "max", scores=scores)
-    ensemble = build_ensemble(fits, evidence, prediction="ensemble")
-    if ensemble is not None:
-        ensemble.reason = "no form clearly wins the study's law choice (Delta_h intervals overlap)"
-    return ensemble
 
 
 def _seconds_per_unit(study_dir: Path) -> dict[str, float]:
