@@ -373,6 +373,47 @@ def _files(root: Path) -> dict[str, tuple[int, int, bytes]]:
     }
 
 
+#: `study run` killed inside the first transaction of its new store (the schema), as
+#: :class:`ftscale.study.store.Store` makes it: the store is left with no table.
+KILLED_CREATING = (
+    "import os, sys, sqlite3; from ftscale.study.store import SCHEMA; "
+    "db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+    "db.execute('PRAGMA journal_mode=WAL'); db.execute('BEGIN IMMEDIATE'); "
+    "db.execute(SCHEMA.split(';')[0]); os.kill(os.getpid(), 9)"
+)
+
+
+@pytest.mark.parametrize("left", ["killed while made", "empty file"])
+def test_a_store_without_tables_does_not_block_the_run(tmp_path, left):
+    """A store with no table holds nothing: `study run` accepts its folder and makes the
+    schema in it (a store killed while it was made must not block every resume)."""
+    from ftscale.study.config import load_study
+    from ftscale.study.store import Store
+    from ftscale.study.validate import check_study_dir
+
+    (tmp_path / "s.toml").write_text(study(), encoding="utf-8")
+    (tmp_path / "s").mkdir()
+    store = tmp_path / "s" / "study.sqlite"
+    if left == "empty file":
+        store.touch()
+    else:
+        _killed(KILLED_CREATING, store)
+    check_study_dir(tmp_path / "s", load_study(tmp_path / "s.toml"))
+    with Store(store, create=True) as made:
+        assert made.counts() == dict.fromkeys(("pending", "running", "ok", "failed"), 0)
+
+
+@pytest.mark.parametrize(("spoil", "match"), [(_foreign, "schema 0"), (_garbage, "not a study")])
+def test_run_refuses_a_store_of_another_program(hostile, planned_store, spoil, match):
+    """A file named like the store that holds another program's tables, or no database at all,
+    is not taken over."""
+    hostile.file("study", study(), filename="s.toml")
+    shutil.copytree(planned_store, hostile.root / "s")
+    spoil(hostile.root / "s" / "study.sqlite")
+    args = ["study", "run", "{study}", "--dir", "{tmp}/s", "-q"]
+    hostile(args, match=r"s/study\.sqlite: .*" + match)
+
+
 def test_cache_that_is_a_file(hostile):
     hostile.file("study", study(), filename="s.toml")
     hostile.file("cachefile", "not a folder", filename="cachefile")
@@ -428,19 +469,6 @@ def test_duplicate_size_columns_in_fit_table(hostile):
 # -- folders that cannot be written: a read-only mount and a full disk (a real tmpfs) -------------
 
 
-def _namespace_ok() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "-r", "-m", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt || exit 1"],
-        capture_output=True,
-    )
-    return probe.returncode == 0
-
-
-MOUNTS = pytest.mark.skipif(not _namespace_ok(), reason="no user+mount namespace for a tmpfs")
-
-
 def _in_mount(tmp_path: Path, options: str, command: str) -> subprocess.CompletedProcess:
     """``command`` (a shell line; ``$F`` is ftscale, ``$M`` the mount) with a tmpfs mounted with
     ``options`` at ``tmp_path/mnt`` in a private mount namespace; lists the mount afterwards."""
@@ -460,7 +488,7 @@ def _in_mount(tmp_path: Path, options: str, command: str) -> subprocess.Complete
     )
 
 
-@MOUNTS
+@pytest.mark.usefixtures("user_mounts")
 @pytest.mark.parametrize(
     ("options", "args", "match"),
     [
@@ -610,7 +638,7 @@ READ_ONLY = [
 ]
 
 
-@MOUNTS
+@pytest.mark.usefixtures("user_mounts")
 @pytest.mark.parametrize(
     ("name", "left", "args", "expect"), READ_ONLY, ids=[c[0] for c in READ_ONLY]
 )

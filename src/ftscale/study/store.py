@@ -69,6 +69,11 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+class BlankStore(UserError):
+    """The store holds no table at all (an empty file, too): what a ``study run`` killed while it
+    created the store leaves, since the schema is written in one transaction."""
+
+
 class Store:
     """The study's SQLite store (see the module docs). Use as a context manager or ``close()``."""
 
@@ -102,7 +107,8 @@ class Store:
             raise UserError(f"{self.path}: the store is damaged ({problem})")
         if version != SCHEMA_VERSION or not {"runs", "meta", "lr_searches"} <= tables:
             self._close_quietly()
-            raise UserError(f"{self.path}: not a study store of this ftscale (schema {version})")
+            kind = BlankStore if not tables and version == 0 else UserError
+            raise kind(f"{self.path}: not a study store of this ftscale (schema {version})")
 
     def _open_writer(self) -> sqlite3.Connection:
         db = _connect(self.path)
@@ -440,3 +446,4 @@ def open_store(study_dir: str | Path) -> Store:
     if not study_dir.is_dir():
         raise UserError(f"{study_dir}: not a directory")
     return Store(study_dir / STORE_FILE, readonly=True)
+
