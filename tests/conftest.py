@@ -6,6 +6,8 @@ and finished study run on one worker so that both are built once.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -22,3 +24,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SESSION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("session-study"))
+
+
+@pytest.fixture(scope="session")
+def user_mounts(tmp_path_factory) -> None:
+    """Skip the test unless this user may mount a tmpfs in a private user and mount namespace
+    (``unshare -r -m``): how the tests make a full disk or a read-only folder without root."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no `unshare` here")
+    where = tmp_path_factory.mktemp("probe")
+    command = f"mount -t tmpfs -o size=64k none {where}"
+    probe = subprocess.run(["unshare", "-r", "-m", "sh", "-c", command], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no user+mount namespace for a tmpfs here")

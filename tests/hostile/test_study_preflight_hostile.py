@@ -373,6 +373,47 @@ def _files(root: Path) -> dict[str, tuple[int, int, bytes]]:
     }
 
 
+#: `study run` killed inside the first transaction of its new store (the schema), as
+#: :class:`ftscale.study.store.Store` makes it: the store is left with no table.
+KILLED_CREATING = (
+    "import os, sys, sqlite3; from ftscale.study.store import SCHEMA; "
+    "db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+    "db.execute('PRAGMA journal_mode=WAL'); db.execute('BEGIN IMMEDIATE'); "
+    "db.execute(SCHEMA.split(';')[0]); os.kill(os.getpid(), 9)"
+)
+
+
+@pytest.mark.parametrize("left", ["killed while made", "empty file"])
+def test_a_store_without_tables_does_not_block_the_run(tmp_path, left):
+    """A store with no table holds nothing: `study run` accepts its folder and makes the
+    schema in it (a store killed while it was made must not block every resume)."""
+    from ftscale.study.config import load_study
+    from ftscale.study.store import Store
+    from ftscale.study.validate import check_study_dir
+
+    (tmp_path / "s.toml").write_text(study(), encoding="utf-8")
+    (tmp_path / "s").mkdir()
+    store = tmp_path / "s" / "study.sqlite"
+    if left == "empty file":
+        store.touch()
+    else:
+        _killed(KILLED_CREATING, store)
+    check_study_dir(tmp_path / "s", load_study(tmp_path / "s.toml"))
+    with Store(store, create=True) as made:
+        assert made.counts() == dict.fromkeys(("pending", "running", "ok", "failed"), 0)
+
+
+@pytest.mark.parametrize(("spoil", "match"), [(_foreign, "schema 0"), (_garbage, "not a study")])
+def test_run_refuses_a_store_of_another_program(hostile, planned_store, spoil, match):
+    """A file named like the store that holds another program's tables, or no database at all,
+    is not taken over."""
+    hostile.file("study", study(), filename="s.toml")
+    shutil.copytree(planned_store, hostile.root / "s")
+    spoil(hostile.root / "s" / "study.sqlite")
+    args = ["study", "run", "{study}", "--dir", "{tmp}/s", "-q"]
+    hostile(args, match=r"s/study\.sqlite: .*" + match)
+
+
 def test_cache_that_is_a_file(hostile):
     hostile.file("study", study(), filename="s.toml")
     hostile.file("cachefile", "not a folder", filename="cachefile")
@@ -428,19 +469,6 @@ def test_duplicate_size_columns_in_fit_table(hostile):
 # -- folders that cannot be written: a read-only mount and a full disk (a real tmpfs) -------------
 
 
-def _namespace_ok() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "-r", "-m", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt || exit 1"],
-        capture_output=True,
-    )
-    return probe.returncode == 0
-
-
-MOUNTS = pytest.mark.skipif(not _namespace_ok(), reason="no user+mount namespace for a tmpfs")
-
-
 def _in_mount(tmp_path: Path, options: str, command: str) -> subprocess.CompletedProcess:
     """``command`` (a shell line; ``$F`` is ftscale, ``$M`` the mount) with a tmpfs mounted with
     ``options`` at ``tmp_path/mnt`` in a private mount namespace; lists the mount afterwards."""
@@ -460,7 +488,7 @@ def _in_mount(tmp_path: Path, options: str, command: str) -> subprocess.Complete
     )
 
 
-@MOUNTS
+@pytest.mark.usefixtures("user_mounts")
 @pytest.mark.parametrize(
     ("options", "args", "match"),
     [
@@ -486,3 +514,154 @@ def test_unwritable_places(tmp_path, monkeypatch, planned_store, options, args, 
     assert __import__("re").search(match, err[0]), err[0]
     assert result.stdout.split("LISTING")[-1].strip() == "", "left files on the mount"
     assert not (tmp_path / "cache").exists()
+
+
+# -- stores left with their logs (a killed writer, an older ftscale) on read-only opens ----------
+
+#: A real ftscale writer (the store in WAL mode) that marks the first pending run `running` in one
+#: committed transaction and is killed (SIGKILL) before it closes: the store keeps -wal and -shm.
+KILLED_WRITER = (
+    "import os, sys; from ftscale.study.store import Store; s = Store(sys.argv[1]); "
+    "s.mark_running(s.to_run()[0]); os.kill(os.getpid(), 9)"
+)
+#: A writer in rollback-journal mode killed inside a transaction larger than its page cache: the
+#: store keeps a hot journal that must be rolled back before the store can be read.
+KILLED_JOURNAL = (
+    "import os, sys, sqlite3; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+    "db.execute('PRAGMA cache_size=1'); db.execute('BEGIN IMMEDIATE'); "
+    "db.execute(\"UPDATE runs SET status = 'running', spec = spec || printf('%.9000c', 'x')\"); "
+    "os.kill(os.getpid(), 9)"
+)
+
+
+def _killed(code: str, path: Path) -> None:
+    """Run ``code`` on the store at ``path`` in a Python process that SIGKILLs itself."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", code, str(path)], env=env, timeout=60)
+    assert done.returncode == -9, done
+
+
+def _older_ftscale(path: Path) -> None:
+    """What an older ftscale left: a store in WAL mode, its last write checkpointed and its -wal
+    and -shm removed on close."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"UPDATE runs SET status = 'running' WHERE key = {FIRST}")
+    db.close()
+
+
+def _suffix(name: str, spoil):
+    def apply(path: Path) -> None:
+        spoil(path.with_name(path.name + name))
+
+    return apply
+
+
+#: (id, how the store is left after the killed writer (None: as it is), runs `running` that a
+#: reader must see: 1 when the writer's committed transaction is readable, 0 when SQLite drops it)
+LEFT = [
+    ("killed writer", None, 1),
+    ("no shm", _suffix("-shm", Path.unlink), 1),
+    ("empty shm", _suffix("-shm", lambda p: p.write_bytes(b"")), 1),
+    ("torn wal frame", _suffix("-wal", lambda p: _truncate(p.stat().st_size - 100)(p)), 0),
+    ("garbage wal", _suffix("-wal", lambda p: p.write_bytes(b"\x5a" * p.stat().st_size)), 0),
+    ("older ftscale", _older_ftscale, 1),
+    ("hot journal", "journal", 0),
+]
+
+
+@pytest.fixture(scope="session")
+def left_stores(tmp_path_factory, planned_store) -> dict[str, Path]:
+    """The planned store as each case of :data:`LEFT` leaves it, one folder per case."""
+    root = tmp_path_factory.mktemp("left")
+    out = {}
+    for name, spoil, _ in LEFT:
+        target = root / name.replace(" ", "-")
+        shutil.copytree(planned_store, target)
+        path = target / "study.sqlite"
+        if spoil == "journal":
+            _killed(KILLED_JOURNAL, path)
+            assert path.with_name("study.sqlite-journal").stat().st_size > 0
+        elif spoil is _older_ftscale:
+            spoil(path)
+        else:
+            _killed(KILLED_WRITER, path)
+            assert path.with_name("study.sqlite-wal").stat().st_size > 0
+            if spoil is not None:
+                spoil(path)
+        out[name] = target
+    return out
+
+
+def _store_bytes(folder: Path) -> dict[str, bytes]:
+    """The folder's files and their bytes, SQLite's shared-memory index (-shm) by name only: any
+    reader of a store in WAL mode rewrites it, as the protocol asks."""
+    return {p.name: b"" if p.name.endswith("-shm") else p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("name", "running"), [(c[0], c[2]) for c in LEFT], ids=[c[0] for c in LEFT]
+)
+def test_read_only_commands_read_a_left_store_and_write_nothing(
+    hostile, left_stores, name, running
+):
+    """status and export read what the store's valid log holds (a killed writer's committed
+    run is `running`; a torn or foreign log, or an unfinished transaction, is not), without a
+    traceback, and leave the store, its logs and its folder as they were."""
+    from ftscale.cli import app
+
+    target = hostile.root / "s"
+    shutil.copytree(left_stores[name], target)
+    before = _store_bytes(target)
+    status = hostile.runner.invoke(app, ["study", "status", str(target), "--json"])
+    assert status.exit_code == 0, status.output
+    counts = json.loads(status.stdout)["counts"]
+    assert counts["running"] == running and counts["running"] + counts["pending"] > 1, counts
+    out = hostile.root / "runs.csv"
+    export = hostile.runner.invoke(app, ["study", "export", str(target), "-o", str(out)])
+    assert export.exit_code == 0 and out.is_file(), export.output
+    assert _store_bytes(target) == before
+
+
+# (id, case of LEFT, command ({dir}: the store's folder on a read-only mount), runs `running` the
+# answer shows, or a regex of the one error line). A garbage -wal is left out: beside a stale -shm
+# that nobody may rewrite, SQLite retries for about 10 s before it reads the store without it.
+READ_ONLY = [
+    *[
+        (f"status, {name}", name, "study status {dir} --json", running)
+        for name, _, running in LEFT
+        if name != "garbage wal"
+    ],
+    ("report into its folder", "older ftscale", "report {dir}", r"mnt/s: cannot write in it"),
+    ("export into its folder", "no shm", "study export {dir}", r"runs\.csv: cannot write: "),
+    ("run on it", "killed writer", "study run s.toml --dir {dir} -q", r"cannot write in .*mnt/s "),
+]
+
+
+@pytest.mark.usefixtures("user_mounts")
+@pytest.mark.parametrize(
+    ("name", "left", "args", "expect"), READ_ONLY, ids=[c[0] for c in READ_ONLY]
+)
+def test_left_store_in_a_read_only_folder(
+    tmp_path, monkeypatch, left_stores, name, left, args, expect
+):
+    """A store left with (or without) its logs in a folder nobody can write: the read-only
+    commands answer (from a private copy where SQLite would have to create a file beside the
+    store; the copy is removed), and a command that must write there says so in one line."""
+    (tmp_path / "s.toml").write_text(study(), encoding="utf-8")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setenv("FTSCALE_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(left_stores[left], tmp_path / "store")
+    command = "cp -a {src} $M/s && mount -o remount,ro $M && $F " + args.format(dir="$M/s")
+    result = _in_mount(tmp_path, "size=4m", command.format(src=tmp_path / "store"))
+    assert "Traceback" not in result.stderr, result.stderr
+    if isinstance(expect, int):
+        assert result.returncode == 0, result.stderr
+        counts = json.loads(result.stdout.split("LISTING")[0])["counts"]
+        assert counts["running"] == expect, counts
+    else:
+        err = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(err) == 1, result.stderr
+        assert __import__("re").search("ftscale: error: .*" + expect, err[0]), err[0]
+    assert not list((tmp_path / "tmp").iterdir()), "a private copy of the store was left"

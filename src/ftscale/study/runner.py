@@ -497,7 +497,8 @@ def export_table(study_dir: Path, out: Path) -> int:
             frame.to_parquet(tmp, index=False)
         tmp.replace(out)
     except (OSError, ValueError, ImportError) as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses even this unlink
+            tmp.unlink(missing_ok=True)
         raise UserError(f"{out}: cannot write: {first_line(exc)}") from None
     del pd
     return len(frame)

@@ -3,14 +3,18 @@
 Plain :mod:`sqlite3` in WAL mode, each write one transaction, so a process killed at any point
 leaves the file consistent: a run is ``pending`` until it starts, ``running`` while it trains, and
 ``ok`` or ``failed`` once its record is in. Rows left ``running`` by a killed process are run
-again. The schema (documented in ``docs/study.md``) is readable with ``sqlite3``, pandas
+again. Read-only opens never write to the store, also when a killed writer (or an older ftscale,
+which left its stores in WAL mode) left it with its write-ahead log, even in a read-only folder.
+The schema (documented in ``docs/study.md``) is readable with ``sqlite3``, pandas
 (``pd.read_sql("select * from runs", sqlite3.connect(path))``) or duckdb.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -65,19 +69,26 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+class BlankStore(UserError):
+    """The store holds no table at all (an empty file, too): what a ``study run`` killed while it
+    created the store leaves, since the schema is written in one transaction."""
+
+
 class Store:
     """The study's SQLite store (see the module docs). Use as a context manager or ``close()``."""
 
     def __init__(self, path: str | Path, *, create: bool = False, readonly: bool = False) -> None:
         """Open the store at ``path``: ``create`` makes the file and schema (``study run``);
         ``readonly`` opens it with SQLite's ``mode=ro`` (status, export, report, recommend:
-        nothing is ever written, not even to a foreign or empty file)."""
+        nothing is ever written, not even to a foreign or empty file; see :meth:`_open_readonly`
+        for a store in WAL mode in a read-only folder)."""
         self.path = Path(path)
         self.readonly = readonly and not create
+        self.copy: Path | None = None  # the private folder a read-only open reads from, if any
         if not create and not self.path.is_file():
             raise UserError(f"{self.path.parent}: not a study directory (no {STORE_FILE})")
         try:
-            self.db = self._connect()
+            self.db = self._open_readonly() if self.readonly else self._open_writer()
             if create:
                 self._create_schema()
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -96,19 +107,66 @@ class Store:
             raise UserError(f"{self.path}: the store is damaged ({problem})")
         if version != SCHEMA_VERSION or not {"runs", "meta", "lr_searches"} <= tables:
             self._close_quietly()
-            raise UserError(f"{self.path}: not a study store of this ftscale (schema {version})")
+            kind = BlankStore if not tables and version == 0 else UserError
+            raise kind(f"{self.path}: not a study store of this ftscale (schema {version})")
 
-    def _connect(self) -> sqlite3.Connection:
-        if self.readonly:
-            uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
-            db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
-        else:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        if not self.readonly:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+    def _open_writer(self) -> sqlite3.Connection:
+        db = _connect(self.path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
         return db
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        """A ``mode=ro`` connection to the store, or to a private copy of it.
+
+        A store in WAL mode is read through its ``-wal`` and ``-shm`` files. A killed writer
+        leaves both, and a reader uses them in place (SQLite keeps its shared-memory index in
+        ``-shm``; the store and its log are not written). A store in WAL mode that lacks one of
+        them (an older ftscale closed its stores in WAL mode; a copy without ``-shm``) would
+        have them created beside it, and a read-only folder refuses that; a store that SQLite
+        cannot open read-only (a rollback journal left by a killed writer must be rolled back
+        first) fails. Such a store is copied into a temporary folder, read there, and the copy
+        removed on :meth:`close`. A writer keeps both WAL files while it works, and leaves no
+        journal to roll back, so no copy is taken under a working writer."""
+        reason = "its write-ahead log is incomplete"
+        if not self._wal_incomplete():
+            db = _connect(f"file:{quote(str(self.path.absolute()))}?mode=ro", uri=True)
+            try:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the logs
+                return db
+            except sqlite3.OperationalError as exc:
+                db.close()
+                reason = first_line(exc)
+        return _connect(self._private_copy(reason))  # read-write: SQLite recovers the copy
+
+    def _wal_incomplete(self) -> bool:
+        """True for a store in WAL mode (bytes 18 and 19 of the SQLite header are 2) that lacks
+        its ``-wal`` or ``-shm`` file."""
+        if all(self.path.with_name(self.path.name + s).is_file() for s in ("-wal", "-shm")):
+            return False
+        try:
+            with self.path.open("rb") as handle:
+                header = handle.read(20)
+        except OSError:
+            return False  # the open below says what is wrong
+        return header[18:20] == b"\x02\x02"
+
+    def _private_copy(self, reason: str) -> Path:
+        """Copy the store and its logs (write-ahead log; a rollback journal left by a killed
+        writer, which SQLite then rolls back in the copy) into a new temporary folder."""
+        try:
+            self.copy = Path(tempfile.mkdtemp(prefix="ftscale-store-"))
+            for suffix in ("", "-wal", "-journal"):
+                source = self.path.with_name(self.path.name + suffix)
+                if source.is_file():
+                    shutil.copyfile(source, self.copy / (STORE_FILE + suffix))
+        except OSError as exc:
+            self._remove_copy()
+            raise UserError(
+                f"{self.path}: cannot be read in place ({reason}) and copying it to a temporary "
+                f"folder failed: {first_line(exc)}"
+            ) from None
+        return self.copy / STORE_FILE
 
     def _create_schema(self) -> None:
         with self.transaction():
@@ -121,6 +179,12 @@ class Store:
         db = getattr(self, "db", None)
         if db is not None:
             db.close()
+        self._remove_copy()
+
+    def _remove_copy(self) -> None:
+        if self.copy is not None:
+            shutil.rmtree(self.copy, ignore_errors=True)
+            self.copy = None
 
     # -- plumbing ----------------------------------------------------------------------------
     def transaction(self):
@@ -136,6 +200,7 @@ class Store:
             except sqlite3.Error:
                 pass  # a reader still has it open: it stays in WAL mode
         self.db.close()
+        self._remove_copy()
 
     def __enter__(self) -> Store:
         return self
@@ -336,6 +401,14 @@ class Store:
         return out
 
 
+def _connect(target: str | Path, *, uri: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (:class:`_Transaction` opens transactions) whose rows are
+    :class:`sqlite3.Row`; waits up to 30 s for another connection's lock."""
+    db = sqlite3.connect(target, uri=uri, timeout=30.0, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    return db
+
+
 def _json(text: str, path: Path, where: str) -> Any:
     """``text`` as JSON; a one-line error naming the store and the value otherwise."""
     try:
@@ -373,3 +446,4 @@ def open_store(study_dir: str | Path) -> Store:
     if not study_dir.is_dir():
         raise UserError(f"{study_dir}: not a directory")
     return Store(study_dir / STORE_FILE, readonly=True)
+

@@ -32,7 +32,7 @@ from ftscale.common import first_line
 from ftscale.errors import UserError
 from ftscale.study.config import Study
 from ftscale.study.plan import Plan, estimate_steps, estimate_total, make_plan
-from ftscale.study.store import STORE_FILE, Store
+from ftscale.study.store import STORE_FILE, BlankStore, Store
 
 #: Estimated hours of runs above which a study needs ``--yes`` (``study run`` and ``plan``).
 COST_LIMIT_H = 24.0
@@ -272,8 +272,11 @@ def check_study_dir(study_dir: Path, study: Study) -> None:
     store = study_dir / STORE_FILE
     if store.exists():
         check_unlocked(study_dir)
-        with Store(store, readonly=True) as existing:
-            name = existing.meta_value("study")
+        try:
+            with Store(store, readonly=True) as existing:
+                name = existing.meta_value("study")
+        except BlankStore:
+            name = None  # a run killed while it made the store: this run makes the schema
         if name is not None and name != study.name:
             raise UserError(
                 f"{study_dir}: holds study {name!r}, not {study.name!r} (use another --dir)"
