@@ -217,10 +217,12 @@ def collate(
 
 
 class DeviceSplit:
-    """A split's examples on the run's device, put there once: right-padded token ids (int32)
-    and each example's prompt length and length, so that a batch is cut out on the device from
-    an index tensor already there, with no copy from the host per batch (on a GPU a host copy
-    waits for the work queued before it). Host-side lists keep what the loop counts (tokens)."""
+    """A split's examples on the run's device, put there once: every example's tokens one after
+    another (int32, no padding: a split's memory is its token count, however long its longest
+    example), with each example's offset, length and prompt length, so that a batch is cut out on
+    the device from an index tensor already there, with no copy from the host per batch (on a GPU
+    a host copy waits for the work queued before it). Host-side lists keep what the loop counts
+    (tokens)."""
 
     def __init__(self, encoded: Encoded, pad_id: int, device: torch.device) -> None:
         self.lengths = encoded.lengths
@@ -229,13 +231,13 @@ class DeviceSplit:
         self.targets = [
             n - min(n, max(p, 1)) for n, p in zip(self.lengths, encoded.prompt_lengths, strict=True)
         ]
-        ids = torch.full((len(encoded), max(self.lengths, default=1)), pad_id, dtype=torch.int32)
-        for row, sequence in enumerate(encoded.ids):
-            ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.int32)
-        self.ids = ids.to(device)
-        self.starts = torch.tensor(encoded.prompt_lengths, dtype=torch.int32).to(device)
-        self.ends = torch.tensor(self.lengths, dtype=torch.int32).to(device)
-        self.device = device
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]) if self.lengths else []
+        flat = [token for sequence in encoded.ids for token in sequence] or [pad_id]
+        self.tokens = torch.tensor(flat, dtype=torch.int32).to(device)
+        self.offsets = torch.as_tensor(np.asarray(offsets, dtype=np.int64)).to(device)
+        self.ends = torch.tensor(self.lengths, dtype=torch.int64).to(device)
+        self.starts = torch.tensor(encoded.prompt_lengths, dtype=torch.int64).to(device)
+        self.pad, self.device = pad_id, device
 
     def index(self, rows: Sequence[int]) -> torch.Tensor:
         """``rows`` as an index tensor on the device (one host copy; per epoch or per split)."""
@@ -248,9 +250,11 @@ class DeviceSplit:
         whose device ``index`` is given, as :func:`collate` makes them: padded to the batch's own
         longest sequence, labels -100 on prompt and padding positions."""
         longest = max(self.lengths[i] for i in rows)
-        input_ids = self.ids[:, :longest][index].long()
         positions = torch.arange(longest, device=self.device)
-        keep = (positions >= self.starts[index, None]) & (positions < self.ends[index, None])
-        labels = torch.where(keep, input_ids, -100)
-        real = sum(self.lengths[i] for i in rows)
-        return input_ids, labels, real, sum(self.targets[i] for i in rows)
+        ends = self.ends[index, None]
+        real = positions < ends
+        where = (self.offsets[index, None] + positions).clamp_max(self.tokens.numel() - 1)
+        input_ids = torch.where(real, self.tokens[where], self.pad).long()
+        labels = torch.where(real & (positions >= self.starts[index, None]), input_ids, -100)
+        count = sum(self.targets[i] for i in rows)
+        return input_ids, labels, sum(self.lengths[i] for i in rows), count
