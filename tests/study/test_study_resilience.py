@@ -186,3 +186,28 @@ def test_sigterm_leaves_the_store_consistent_and_says_how_to_resume(
     rows = _store(study_dir)
     assert "running" not in {r["status"] for r in rows.values()}
     assert sum(r["status"] == "ok" for r in rows.values()) >= 1
+
+
+def dying_worker(kind: str, spec: str, threads: int) -> dict:
+    """A worker's task for the test below: ``spec`` "die" kills its process (as the kernel's
+    out-of-memory killer would), any other answers at once."""
+    import os
+    import time
+
+    if spec == "die":
+        os._exit(9)
+    time.sleep(0.2)  # let the tasks overlap, so that the death breaks a pool with work in it
+    return {"status": "ok", "record": {"spec": spec}, "search": None, "error": None, "wall_s": 0}
+
+
+def test_a_worker_that_dies_fails_its_own_run_and_the_sweep_goes_on():
+    from ftscale.study.executors import ExecutorOptions, ProcessExecutor
+
+    executor = ProcessExecutor(ExecutorOptions(workers=2, threads=1))
+    executor.target = dying_worker
+    tasks = [(f"t{i}", "run", "die" if i == 3 else f"ok{i}") for i in range(8)]
+    outcomes = dict(executor.map(tasks))
+    assert sorted(outcomes) == sorted(t for t, _, _ in tasks)  # every task answered, once
+    assert outcomes["t3"]["status"] == "failed" and "worker died" in outcomes["t3"]["error"]
+    assert all(outcomes[f"t{i}"]["status"] == "ok" for i in range(8) if i != 3)
+    assert executor.pool is None  # no pool left behind

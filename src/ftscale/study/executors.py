@@ -106,9 +106,19 @@ class LocalExecutor(Executor):
 @register_executor("process")
 class ProcessExecutor(Executor):
     """A pool of spawned worker processes (``spawn``: no state of the driver is inherited, and
-    torch is safe to use in each)."""
+    torch is safe to use in each).
+
+    A worker that dies (killed, out of memory) breaks the whole pool: Python fails every task
+    still in it. Only the run it was running is at fault, so the pool is started again: the
+    tasks that may have been in the dead worker (the first ``workers + 1`` unfinished, since a
+    pool hands tasks out in order and queues one ahead) each run alone in a pool of their own,
+    where a death is that run's (a failed run, ``worker died``), then the rest go on in a new
+    pool. One bad run fails alone; a sweep never stops for it."""
 
     pool = None
+    #: What a worker calls with ``(kind, spec, threads)`` (None: :func:`ftscale.study.worker.
+    #: perform`); a module-level function, since spawned workers import it by name.
+    target: Callable[[str, str, int], dict[str, Any]] | None = None
 
     def workers(self, n_tasks: int) -> int:
         from ftscale.common import default_workers
@@ -117,31 +127,50 @@ class ProcessExecutor(Executor):
         return self.options.workers or default_workers(max(1, n_tasks), threads)
 
     def map(self, tasks):
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-        from ftscale.study.worker import perform
-
         if not tasks:
             return
         threads = _threads(self.options)
-        context = multiprocessing.get_context("spawn")
-        self.pool = ProcessPoolExecutor(
-            self.workers(len(tasks)), mp_context=context, initializer=watch_parent,
-            initargs=(os.getpid(),),
-        )
+        queue = list(tasks)
         try:
-            pending = {
-                self.pool.submit(perform, kind, spec, threads): task_id
-                for task_id, kind, spec in tasks
-            }
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    task_id = pending.pop(future)
-                    yield task_id, _outcome(future)
+            while queue:
+                workers = self.workers(len(queue))
+                if not (yield from self._round(queue, workers, threads)):
+                    return
+                suspects, queue[:] = queue[: workers + 1], queue[workers + 1 :]
+                for task in suspects:
+                    if (yield from self._round([task], 1, threads)):
+                        yield task[0], _died("the worker running it alone died")
         finally:
             self.close()
+
+    def _round(self, queue: list[Task], workers: int, threads: int):
+        """Run ``queue`` in a new pool of ``workers``, yielding outcomes and removing finished
+        tasks from ``queue``; returns True when the pool broke (a worker died), with the
+        unfinished tasks left in ``queue``."""
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        from ftscale.study.worker import perform
+
+        context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=watch_parent, initargs=(os.getpid(),)
+        )
+        target = self.target or perform
+        pending = {self.pool.submit(target, task[1], task[2], threads): task for task in queue}
+        broken = False
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = pending.pop(future)
+                if isinstance(future.exception(), BrokenProcessPool):
+                    broken = True
+                    continue
+                queue.remove(task)
+                yield task[0], _outcome(future)
+        self.close()
+        return broken
 
     def close(self) -> None:
         if self.pool is not None:
@@ -170,19 +199,19 @@ def watch_parent(parent: int, every_s: float = 1.0) -> None:
 
 
 def _outcome(future) -> dict[str, Any]:
-    """A future's outcome; a worker that died (killed, out of memory) is a failed run."""
+    """A future's outcome; a task whose worker raised instead of answering is a failed run."""
     from ftscale.common import first_line
 
     try:
         return future.result()
     except Exception as exc:
-        return {
-            "status": "failed",
-            "record": None,
-            "search": None,
-            "error": f"worker died: {type(exc).__name__}: {first_line(exc)}",
-            "wall_s": None,
-        }
+        return _died(f"{type(exc).__name__}: {first_line(exc)}")
+
+
+def _died(why: str) -> dict[str, Any]:
+    """The outcome of a run whose worker died or failed to answer."""
+    return {"status": "failed", "record": None, "search": None, "error": f"worker died: {why}",
+            "wall_s": None}
 
 
 @register_executor("ray")
