@@ -128,3 +128,20 @@ def test_a_study_worker_searches_the_rate_of_a_saved_job(model_dir, data_files):
     out = search(job.to_json(), threads=1)
     assert out["status"] == "ok", out["error"]
     assert out["search"]["chosen"] in out["search"]["grid"] and out["search"]["steps"] >= 1
+
+
+def test_a_search_measures_the_base_dev_nll_once(run_toy, monkeypatch):
+    """Every candidate starts from the same seeded state: the first measures the dev NLL before
+    training, the others reuse it (each still checks dev after training and scores its test)."""
+    from ftscale.finetune import recipe
+
+    calls = []
+    real = recipe.mean_nll
+    monkeypatch.setattr(recipe, "mean_nll", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = TrainConfig(examples=40, max_steps=8, learning_rate="auto", gen_examples=0)
+    record = run_toy(make_method("lora", rank=2), config)
+    tried = len(record.lr_search["tried"])
+    search_calls = 3 + 2 * (tried - 1)  # before, after, test; then after and test
+    run_calls = 1 + len(record.dev_history) - 1 + 1  # before, each later check, test
+    assert len(calls) == search_calls + run_calls
+    assert record.dev_history[0][1] == record.lr_search["base_dev_nll"]

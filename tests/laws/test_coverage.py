@@ -21,6 +21,10 @@ import pytest
 from ftscale.laws import ScalingLaw, bootstrap_many
 from ftscale.laws.uncertainty import parametric_noise, recentred_interval
 
+#: One worker runs this module, so its module fixture, the 200 simulated studies (~30 s on two
+#: processes), is computed once.
+pytestmark = pytest.mark.xdist_group("coverage")
+
 X = np.array([18_552, 32_928, 73_968, 131_392], float)
 D = np.array([50, 100, 200, 400, 800], float)
 TRUTH = {"A": 60.0, "alpha": 0.25, "beta": 0.12, "E": 3.0}

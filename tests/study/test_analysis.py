@@ -16,6 +16,10 @@ from ftscale.laws import fit_table
 from ftscale.study.analysis import FORMAT, analyse, holdout_rules, runs_frame, sweep_points
 from ftscale.study.config import StudyConfig
 
+#: One worker runs this module, so its module fixture, the quickstart's analysis (~14 s), is
+#: computed once.
+pytestmark = pytest.mark.xdist_group("quickstart-analysis")
+
 RUNGS = {"m16": 4e3, "m24": 1e4, "m32": 3e4, "m48": 8e4}  # non-embedding parameters
 CHECKPOINTS = (16_384, 32_768, 49_152, 65_536)  # pretraining tokens of the smallest rung
 EXAMPLES = (50, 100, 200, 400)

@@ -140,7 +140,9 @@ class EvalData:
 @dataclass(frozen=True)
 class RunInputs:
     """What one run needs besides the model: method, pairs (``train`` already the D_f subset),
-    settings, task and resolved eval sets. Built once per run by :func:`make_inputs`."""
+    settings, task and resolved eval sets. Built once per run by :func:`make_inputs`.
+    ``initial_dev``: the dev NLL before training when it is already known (a learning-rate
+    search's candidates all start from the same seeded state: the first measures it)."""
 
     method: MethodConfig
     train: Sequence[Pair]
@@ -149,6 +151,7 @@ class RunInputs:
     config: TrainConfig
     task: TaskConfig
     evals: Sequence[EvalData] = ()
+    initial_dev: float | None = None
 
     def with_config(self, config: TrainConfig, **changes: Any) -> RunInputs:
         return dataclasses.replace(self, config=config, **changes)
@@ -345,7 +348,10 @@ def search_learning_rate(
 
     def score(rate: float) -> float | None:
         short = inputs.with_config(
-            candidate_config(config, rate, steps), test=inputs.dev[:1], evals=()
+            candidate_config(config, rate, steps),
+            test=inputs.dev[:1],
+            evals=(),
+            initial_dev=base_nll[0] if base_nll else None,  # every candidate starts alike
         )
         shown = progress if progress is None or not scores else _PlanSaidOnce(progress)
         record = run_loaded(copy.deepcopy(base), tokenizer, "", short, progress=shown).record
@@ -646,7 +652,8 @@ def train(run: Run, progress: Any) -> None:
     Written as the loop's named pieces (:func:`start_loop`, :func:`next_batch`,
     :func:`after_dev`, ...) that :mod:`ftscale.finetune.packing` drives for many runs at once."""
     run.phase = "checking dev before training"
-    start_loop(run, _dev_check(run, 0), progress)
+    known = run.inputs.initial_dev
+    start_loop(run, _dev_check(run, 0) if known is None else record_dev(run, 0, known), progress)
     while run.record.steps < run.record.max_steps:
         run.phase = "training"
         loss = _train_step(run, next_batch(run))
