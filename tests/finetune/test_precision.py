@@ -80,3 +80,20 @@ def test_frozen_weights_held_in_bf16_change_no_number(tok, pairs, monkeypatch):
     assert held.record.test_nll == cast_each_step.record.test_nll
     linears = [m for m in held.model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(m.weight.dtype == torch.float32 for m in linears)
+
+
+@pytest.mark.parametrize("rows", [40, 700])  # one chunk through the module; torch's chunked op
+@pytest.mark.parametrize("wrapped", [False, True])  # a plain Linear; a head the op cannot take
+def test_the_head_loss_keeps_float32_logits_under_autocast(rows, wrapped):
+    """bf16 logits near 20 are off by up to 0.06: the loss must not round them."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 3000, bias=False)
+    head = torch.nn.Sequential(linear) if wrapped else linear
+    hidden, targets = 4 * torch.randn(rows, 64), torch.randint(0, 3000, (rows,))
+    from ftscale.finetune.evaluate import head_nll
+
+    with torch.no_grad():
+        plain = head_nll(head, hidden, targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = head_nll(head, hidden, targets)
+    assert cast.dtype == torch.float32 and float(cast) == pytest.approx(float(plain), rel=1e-6)

@@ -89,9 +89,11 @@ def head_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor)
     A plain ``nn.Linear`` head goes through torch's chunked ``F.linear_cross_entropy`` (the
     gradient of each chunk is formed in the forward pass and the chunk's logits freed); it keeps
     float32 logits under autocast, so its loss equals the float32 reference. Hand-rolled slicing
-    is left only for heads that function cannot take (a PEFT-wrapped or soft-capped head): one
-    chunk at a time through the module itself, which bounds evaluation's logits; in training
-    autograd then keeps every chunk's logits, as an unchunked head would.
+    is left for heads that function cannot take (a PEFT-wrapped or soft-capped head) and for a
+    single chunk: one chunk at a time through the module itself, which bounds evaluation's
+    logits (in training autograd then keeps every chunk's logits, as an unchunked head would),
+    with autocast off there too, so logits are never rounded to bf16 (a logit near 20 in bf16 is
+    off by up to 0.06).
     """
     # F.linear_cross_entropy is new in torch 2.13; older releases take the slicing path.
     fused = hasattr(F, "linear_cross_entropy")
@@ -100,12 +102,16 @@ def head_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor)
         return F.linear_cross_entropy(
             hidden, head.weight, targets, linear_bias=head.bias, reduction="sum", options=options
         ).float()
-    pieces = [
-        F.cross_entropy(
-            head(hidden[i : i + HEAD_ROWS]).float(), targets[i : i + HEAD_ROWS], reduction="sum"
-        )
-        for i in range(0, max(hidden.shape[0], 1), HEAD_ROWS)
-    ]
+    dtype = next(head.parameters()).dtype  # the head's own precision (float32 unless the model
+    with torch.autocast(device_type=hidden.device.type, enabled=False):  # is held in another)
+        pieces = [
+            F.cross_entropy(
+                head(hidden[i : i + HEAD_ROWS].to(dtype)).float(),
+                targets[i : i + HEAD_ROWS],
+                reduction="sum",
+            )
+            for i in range(0, max(hidden.shape[0], 1), HEAD_ROWS)
+        ]
     return torch.stack(pieces).sum() if len(pieces) > 1 else pieces[0]
 
 
