@@ -21,7 +21,7 @@ import pytest
 from ftscale.laws import ScalingLaw, bootstrap_many
 from ftscale.laws.uncertainty import parametric_noise, recentred_interval
 
-#: One worker runs this module, so its module fixture, the 200 simulated studies (~30 s on two
+#: One worker runs this module, so its fixture, the 200 simulated studies (~30 s on two
 #: processes), is computed once.
 pytestmark = pytest.mark.xdist_group("coverage")
 
@@ -65,7 +65,7 @@ def _repetition(r: int) -> dict[str, bool | tuple]:
     return covered
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once, even when other modules run between its tests
 def coverage() -> dict[str, float]:
     with ProcessPoolExecutor(2, mp_context=get_context("fork")) as pool:
         outcomes = list(pool.map(_repetition, range(REPETITIONS), chunksize=10))

@@ -16,7 +16,7 @@ from ftscale.laws import fit_table
 from ftscale.study.analysis import FORMAT, analyse, holdout_rules, runs_frame, sweep_points
 from ftscale.study.config import StudyConfig
 
-#: One worker runs this module, so its module fixture, the quickstart's analysis (~14 s), is
+#: One worker runs this module, so its fixture, the quickstart's analysis (~14 s), is
 #: computed once.
 pytestmark = pytest.mark.xdist_group("quickstart-analysis")
 
@@ -180,7 +180,7 @@ def quickstart_rows() -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once, even when other modules run between its tests
 def quickstart():
     """The quickstart's analysis under its own study file, numpy's warnings made errors."""
     from ftscale.study.config import load_study

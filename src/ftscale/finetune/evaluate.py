@@ -102,8 +102,9 @@ def head_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor)
         return F.linear_cross_entropy(
             hidden, head.weight, targets, linear_bias=head.bias, reduction="sum", options=options
         ).float()
-    dtype = next(head.parameters()).dtype  # the head's own precision (float32 unless the model
-    with torch.autocast(device_type=hidden.device.type, enabled=False):  # is held in another)
+    # The head's own precision: float32 unless the model is held in another.
+    dtype = next(head.parameters()).dtype
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
         pieces = [
             F.cross_entropy(
                 head(hidden[i : i + HEAD_ROWS].to(dtype)).float(),
@@ -170,7 +171,7 @@ def mean_nll(
     ``max_batch`` examples. The model is put in eval mode and restored afterwards. ``split``:
     ``encoded`` already on the device (:class:`~ftscale.finetune.tasks.DeviceSplit`; a run keeps
     its dev split there for every check), else it is put there for this call. The sum stays on
-    the device until the end (float64).
+    the device until the end (float64; float32 on MPS, which has no float64).
     """
     was_training = model.training
     model.eval()
@@ -178,7 +179,9 @@ def mean_nll(
     split = split or DeviceSplit(encoded, pad_id, device)
     batches = sorted_batches(encoded.lengths, tokens_per_batch, max_batch)
     order = split.index([i for rows in batches for i in rows])
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    # float64 sums (MPS has no float64: float32 there)
+    wide = torch.float32 if device.type == "mps" else torch.float64
+    total = torch.zeros((), dtype=wide, device=device)
     count, start = 0, 0
     try:
         for rows in batches:
@@ -186,7 +189,7 @@ def mean_nll(
             input_ids, labels, _, n = split.batch(index, rows)
             with autocast(device, autocast_dtype):
                 nll, _ = target_nll(model, input_ids, labels, fast=fast, count=n)
-            total += nll.double()
+            total += nll.to(wide)
             count += n
     finally:
         model.train(was_training)
