@@ -428,9 +428,8 @@ def run_pack(jobs: Sequence[FinetuneJob], progress: Any = None) -> list[RunRecor
     """Run ``jobs`` as packs and return their records, in order (each with ``key`` and ``job``,
     as :func:`ftscale.finetune.recipe.run_job` gives). A pack takes members while their estimated
     footprints (:func:`footprint`) fit :func:`memory_budget`; the jobs left over form the next
-    pack. Jobs that cannot
-    share a pack (see :func:`pack_problem`), a pack of one, ``learning_rate = "auto"`` and a pack
-    that runs out of memory after all run one at a time."""
+    pack. Jobs that cannot share a pack (see :func:`pack_problem`), a pack of one,
+    ``learning_rate = "auto"`` and a pack that runs out of memory after all run one at a time."""
     jobs = list(jobs)
     if len(jobs) <= 1 or any(j.train_config.learning_rate == "auto" for j in jobs):
         return [recipe.run_job(j, progress) for j in jobs]
