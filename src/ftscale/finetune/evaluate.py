@@ -50,9 +50,8 @@ def target_nll(
         offset = hidden.shape[1] - length
         selected = _rows(hidden[:, offset : offset + length - 1], select)
         del hidden
-        return head_nll(model.get_output_embeddings(), selected, _rows(target, select)), _count(
-            select, count
-        )
+        nll = head_nll(model.get_output_embeddings(), selected, _rows(target, select))
+        return nll, _count(select, count)
     out = model(input_ids=input_ids, use_cache=False)
     offset = out.logits.shape[1] - length
     logits = _rows(out.logits[:, offset : offset + length - 1], select)

@@ -344,25 +344,23 @@ def search_learning_rate(
     steps = search_steps(config.total_steps(len(inputs.train)))
     grid = inputs.method.entry.search_grid
     scores: dict[float, float | None] = {}
-    base_nll: list[float] = []
+    base_nll: float | None = None  # measured by the first candidate; every candidate starts alike
 
     def score(rate: float) -> float | None:
+        nonlocal base_nll
         short = inputs.with_config(
-            candidate_config(config, rate, steps),
-            test=inputs.dev[:1],
-            evals=(),
-            initial_dev=base_nll[0] if base_nll else None,  # every candidate starts alike
+            candidate_config(config, rate, steps), test=inputs.dev[:1], evals=(),
+            initial_dev=base_nll,
         )
         shown = progress if progress is None or not scores else _PlanSaidOnce(progress)
         record = run_loaded(copy.deepcopy(base), tokenizer, "", short, progress=shown).record
-        base_nll[:] = base_nll or [record.initial_dev_nll]
+        base_nll = record.initial_dev_nll if base_nll is None else base_nll
         ok = record.status == "ok" and record.best_dev_nll is not None
         scores[rate] = record.best_dev_nll if ok and math.isfinite(record.best_dev_nll) else None
         return scores[rate]
 
-    order = walk(grid, score)
-    tried = [grid[i] for i in order]
-    return choose(grid, [scores.get(r) for r in grid], steps, base_nll[0], tried)
+    tried = [grid[i] for i in walk(grid, score)]
+    return choose(grid, [scores.get(r) for r in grid], steps, base_nll, tried)
 
 
 class _PlanSaidOnce:

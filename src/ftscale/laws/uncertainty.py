@@ -105,7 +105,7 @@ class Bootstrap:
         refits). With the full fit's residuals on its runs (in the fit's space) it is a
         *prediction* interval for a new run (see :meth:`predictive_draws`).
         """
-        percentile_interval(np.zeros(1), level)  # validates the level
+        check_level(level)
         draws = self.predictive_draws(X, residuals=residuals)
         tail = (1 - level) / 2 * 100
         return np.percentile(draws, tail, axis=0), np.percentile(draws, 100 - tail, axis=0)
@@ -126,13 +126,18 @@ class Bootstrap:
 
 def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
     """Central percentile interval of the finite ``values`` at ``level``; (NaN, NaN) if none."""
-    if not 0 < level < 1:
-        raise UserError(f"interval level must be in (0, 1), got {level!r}")
+    check_level(level)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return (float("nan"), float("nan"))
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def check_level(level: float) -> None:
+    """A one-line :class:`UserError` unless ``level`` lies in (0, 1)."""
+    if not 0 < level < 1:
+        raise UserError(f"interval level must be in (0, 1), got {level!r}")
 
 
 def recentred_interval(
@@ -573,7 +578,7 @@ def weighted_percentile_interval(
     values, weights = values[ok], weights[ok]
     if values.size and np.ptp(weights) == 0:
         return percentile_interval(values, level)
-    percentile_interval(np.zeros(1), level)  # validates the level
+    check_level(level)
     if values.size == 0:
         return (float("nan"), float("nan"))
     order = np.argsort(values, kind="stable")

@@ -446,4 +446,3 @@ def open_store(study_dir: str | Path) -> Store:
     if not study_dir.is_dir():
         raise UserError(f"{study_dir}: not a directory")
     return Store(study_dir / STORE_FILE, readonly=True)
-
