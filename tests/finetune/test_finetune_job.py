@@ -131,8 +131,9 @@ def test_a_study_worker_searches_the_rate_of_a_saved_job(model_dir, data_files):
 
 
 def test_a_search_measures_the_base_dev_nll_once(run_toy, monkeypatch):
-    """Every candidate starts from the same seeded state: the first measures the dev NLL before
-    training, the others reuse it (each still checks dev after training and scores its test)."""
+    """Every candidate and the run start from the same seeded state: the first candidate
+    measures the dev NLL before training, the others and the run reuse it (each still checks
+    dev after training and scores its test)."""
     from ftscale.finetune import recipe
 
     calls = []
@@ -142,6 +143,6 @@ def test_a_search_measures_the_base_dev_nll_once(run_toy, monkeypatch):
     record = run_toy(make_method("lora", rank=2), config)
     tried = len(record.lr_search["tried"])
     search_calls = 3 + 2 * (tried - 1)  # before, after, test; then after and test
-    run_calls = 1 + len(record.dev_history) - 1 + 1  # before, each later check, test
+    run_calls = len(record.dev_history) - 1 + 1  # each check after step 0, test
     assert len(calls) == search_calls + run_calls
     assert record.dev_history[0][1] == record.lr_search["base_dev_nll"]

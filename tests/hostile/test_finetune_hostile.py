@@ -96,6 +96,8 @@ CASES = [
     ("min improvement one", base("--min-improvement", "1"), r"--min-improvement: .*less than 1"),
     ("min improvement negative", base("--min-improvement", "-0.1"), r"--min-improvement"),
     ("checkpointing unknown spelling", base("--checkpoint"), r"No such option"),
+    ("compile with a value", base("--compile", "yes"), r"--compile|unexpected extra argument"),
+    ("compile unknown spelling", base("--compiled"), r"No such option"),
     # memory budget (a budget too small for any plan: tests/finetune/test_memory.py, it needs a
     # model that loads)
     ("max memory text", base("--max-memory", "banana"), r"--max-memory: .*\(got 'banana'\)"),

@@ -13,7 +13,7 @@ from typing import Any
 #: Besides timings and peak memory, the memory plan: its default budget follows the memory free
 #: at the start, so the layers it checkpoints may differ between reruns (the numbers do not).
 VOLATILE_FIELDS = ("wall_s", "train_s", "eval_s", "generate_s", "peak_mem_mb")
-VOLATILE_FIELDS += ("memory_plan", "checkpointed_layers", "checkpointing")
+VOLATILE_FIELDS += ("memory_plan", "checkpointed_layers", "checkpointing", "compile_s")
 
 
 @dataclass
@@ -94,6 +94,8 @@ class RunRecord:
     checkpointing: bool = False
     checkpointed_layers: int = 0
     memory_plan: str = ""
+    compiled: bool = False
+    attention: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 1
@@ -101,6 +103,7 @@ class RunRecord:
     train_s: float = 0.0
     eval_s: float = 0.0
     generate_s: float = 0.0
+    compile_s: float = 0.0
     peak_mem_mb: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
 

@@ -232,6 +232,12 @@ class TrainConfig(BaseModel):
         "policy checkpoints only as many layers as --max-memory needs.",
         scope="runtime",
     )
+    compile: bool | None = setting(
+        None,
+        "torch.compile the decoder layers (on) or not (off); default: on for models of 20M+ "
+        "non-embedding parameters where a compiler is found (compiling takes ~10-30 s once).",
+        scope="runtime",
+    )
     max_memory: MemorySize = setting(
         None,
         "Memory budget of the run, e.g. 2GB, 1500MiB (default: what the process holds plus 80% "
@@ -319,7 +325,7 @@ LATER_SETTINGS: dict[str, Any] = {
 #: schedule, budget, dev-check spacing, patience, generation) is each member's own.
 PACK_SHARED_SETTINGS = frozenset(
     {"batch_size", "dev_examples", "eval_tokens_per_batch", "device", "bf16", "fast_head"}
-    | {"checkpointing", "max_memory", "eval_examples", "threads"}
+    | {"checkpointing", "compile", "max_memory", "eval_examples", "threads"}
 )
 
 #: Defaults of a study's ``[train]`` table where they differ from a single run's: a study runs
