@@ -9,9 +9,10 @@ command is
     ftscale finetune --model SMOLLM2.gguf --method lora --rank 8 --lr auto \\
         --train train.jsonl --examples 300 --dev dev.jsonl --test test.jsonl --json [EXTRA]
 
-run in a fresh process and timed whole (model loading, the search, training, evaluation and
-generation). The base model's test NLL is measured the same way (``mean_nll`` on the same
-encoded test pairs) in this process, so the run is judged against it: finetuning must lower it.
+run in a fresh process with an empty TorchInductor cache and timed whole (model loading, the
+search, compiling, training, evaluation and generation). The base model's test NLL is measured
+the same way (``mean_nll`` on the same encoded test pairs) in this process, so the run is judged
+against it: finetuning must lower it.
 Prints the wall time, the chosen rate, the rates the search tried with their dev NLL, steps,
 stop reason, and test NLL before and after.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -83,15 +85,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         train, dev, test = write_pairs(Path(folder))
         command = [
-            sys.executable, "-m", "ftscale", "finetune", "--model", model, "--method", "lora",
-            "--rank", "8", "--lr", "auto", "--train", str(train), "--examples", str(TRAIN),
-            "--dev", str(dev), "--test", str(test), "--threads", str(args.threads), "--json",
+            sys.executable,
+            "-m",
+            "ftscale",
+            "finetune",
+            "--model",
+            model,
+            "--method",
+            "lora",
+            "--rank",
+            "8",
+            "--lr",
+            "auto",
+            "--train",
+            str(train),
+            "--examples",
+            str(TRAIN),
+            "--dev",
+            str(dev),
+            "--test",
+            str(test),
+            "--threads",
+            str(args.threads),
+            "--json",
             *args.extra,
         ]
         shown = " ".join(command[3:]).replace(model, "SMOLLM2.gguf").replace(folder + "/", "")
         print(f"$ ftscale {shown}", flush=True)
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
+        # An empty TorchInductor cache: what a first run on a machine pays for compiling.
+        cold = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(folder) / "inductor")}
+        done = subprocess.run(command, capture_output=True, text=True, env=cold)
         wall = time.perf_counter() - started
         if done.returncode:
             print(done.stderr[-3000:])
@@ -116,7 +140,9 @@ def _report(record: dict, wall: float, before: float) -> None:
     )
     print(
         f"run: {record['steps']} of {record['max_steps']} steps ({record['stop_reason']}), "
-        f"train {record['train_s']:.0f} s, eval {record['eval_s']:.0f} s, generation "
+        f"compile {record['compile_s']:.0f} s, train {record['train_s']:.0f} s "
+        f"({record['tokens_seen'] / record['train_s']:.0f} tokens/s), "
+        f"eval {record['eval_s']:.0f} s, generation "
         f"{record['generate_s']:.0f} s, BLEU {record['gen_bleu']:.1f}"
     )
     print(
