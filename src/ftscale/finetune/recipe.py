@@ -610,9 +610,9 @@ def choose_kernels(run: Run) -> None:
 
 
 def compile_run(run: Run, progress: Any = None) -> None:
-    """Step 1c: compile the decoder layers and warm them up on the first training batch (one
-    training step's forward and backward, one evaluation forward; the RNG forked, the gradients
-    dropped), timed as ``compile_s`` outside ``train_s``. A compiler that fails leaves the run
+    """Step 1c: compile the decoder layers and warm them up on the probe batch (a training
+    forward and backward, an evaluation forward; the RNG forked, the gradients dropped), timed
+    as ``compile_s`` outside ``train_s``. A compiler that fails leaves the run
     eager, and says so."""
     record = run.record
     if not record.compiled:
@@ -624,7 +624,7 @@ def compile_run(run: Run, progress: Any = None) -> None:
         _warm_up(run)
     except torch.OutOfMemoryError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # whatever the compiler raises (BackendCompilerFailed, ...)
         _eager_kernels(run)
         run.plan = dataclasses.replace(run.plan, precision=_compute(run))
         record.memory_plan = run.plan.line()

@@ -180,7 +180,7 @@ def length_grouped_batches(
 #: Evaluation batches: the share of a batch's positions that may be padding once it holds
 #: :data:`FULL_BATCH_TOKENS` real tokens. Dev pairs of one task range from ~60 to ~160 tokens on
 #: SmolLM2's tokenizer: one batch of 40 was 36% padding, which a forward pass computes like real
-#: tokens; cut at 1/8, the same pairs take a third less compute in 3-4 batches.
+#: tokens; cut at 1/8, the same pairs take 27% less compute in 4 batches.
 PADDING_SHARE = 0.125
 #: Real tokens a batch holds before :data:`PADDING_SHARE` may cut it (below, per-batch overhead
 #: outweighs padding on small models).
