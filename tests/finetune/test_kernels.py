@@ -4,6 +4,8 @@ fails leaves the run eager."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from ftscale.finetune.kernels import (
     attention_for,
     compile_wanted,
 )
+from ftscale.finetune.progress import PlainProgress
 
 CPU = torch.device("cpu")
 CONFIG = TrainConfig(max_steps=3, batch_size=4, gen_examples=2, dev_examples=8, eval_every=1)
@@ -99,23 +102,16 @@ def test_a_compiler_that_fails_leaves_the_run_eager_and_says_so(tok, run_toy, mo
         raise RuntimeError("InductorError: no working C++ compiler\nmore detail")
 
     monkeypatch.setattr(recipe, "_warm_up", broken)
-    notes = []
-
-    class Progress:
-        def __getattr__(self, name):
-            return lambda *args, **kwargs: None
-
-        def note(self, line):
-            notes.append(line)
-
-    record = run_toy("lora", CONFIG.replace(compile=True), progress=Progress())
+    shown = io.StringIO()
+    record = run_toy("lora", CONFIG.replace(compile=True), progress=PlainProgress(shown))
     plain = run_toy("lora", CONFIG.replace(compile=False))
     assert record.status == "ok" and record.compiled is False
     assert record.memory_plan.endswith("; float32")
     assert record.test_nll == plain.test_nll  # eager numbers, bit for bit
+    notes = [line for line in shown.getvalue().splitlines() if "dev NLL" not in line]
     assert notes[-1] == (
-        "compiling failed, the run goes on eager (RuntimeError: InductorError: no working C++ "
-        "compiler)"
+        "ftscale: compiling failed, the run goes on eager (RuntimeError: InductorError: no "
+        "working C++ compiler)"
     )
 
 

@@ -80,11 +80,18 @@ def compile_wanted(setting: bool | None, device: torch.device, nonembedding_para
     return setting is True or nonembedding_params >= COMPILE_MIN_PARAMS
 
 
+def attention_of(model: Any) -> str | None:
+    """The attention implementation a transformers model (PEFT-wrapped or not) uses now;
+    ``None`` when it names none."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(inner, "config", None), "_attn_implementation", None)
+
+
 def attention_for(model: torch.nn.Module, compiled: bool, device: torch.device, longest: int):
     """The attention implementation a run uses: ``"eager"`` for compiled layers on the CPU with
     sequences of at most :data:`SHORT_SEQUENCE` tokens where the model uses SDPA, else the
     model's own (``None`` when it names none)."""
-    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    current = attention_of(model)
     if compiled and device.type == "cpu" and current == "sdpa" and longest <= SHORT_SEQUENCE:
         return "eager"
     return current
@@ -93,8 +100,11 @@ def attention_for(model: torch.nn.Module, compiled: bool, device: torch.device, 
 def set_attention(model: torch.nn.Module, name: str | None) -> None:
     """Switch ``model`` (a transformers model, PEFT-wrapped or not) to attention ``name``."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    current = getattr(inner.config, "_attn_implementation", None)
-    if name is not None and name != current and hasattr(inner, "set_attn_implementation"):
+    if (
+        name is not None
+        and name != attention_of(inner)
+        and hasattr(inner, "set_attn_implementation")
+    ):
         inner.set_attn_implementation(name)
 
 

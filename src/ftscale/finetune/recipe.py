@@ -564,7 +564,7 @@ def _compiled_plan(run: Run, layers: list[torch.nn.Module], base: int, budget: i
     record = run.record
     if not record.compiled:
         return None
-    own = getattr(run.model.config, "_attn_implementation", None)
+    own = kernels.attention_of(run.model)
     if record.attention != own:
         run.attention = own
         kernels.set_attention(run.model, record.attention)
